@@ -1,0 +1,53 @@
+"""The one exception hierarchy every ledgerflow error belongs to.
+
+Catch :class:`LedgerflowError` to handle anything ledgerflow raises on purpose; each subclass
+says which input was wrong and carries enough detail to act on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ledgerflow.model import Problem
+
+__all__ = [
+    "DefinitionError",
+    "ExpressionError",
+    "LedgerError",
+    "LedgerflowError",
+]
+
+
+class LedgerflowError(Exception):
+    """Base class of every error ledgerflow raises on purpose."""
+
+
+class DefinitionError(LedgerflowError):
+    """A workflow definition is malformed or invalid.
+
+    ``problems`` lists every problem found, each with its location; ``str(error)`` prints one
+    problem per line.
+    """
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ExpressionError(LedgerflowError):
+    """An expression failed to compile, or failed while being evaluated.
+
+    ``source`` is the expression's text. Evaluation errors (a missing key, a type mismatch) are
+    raised as this type too, so a caller never sees the expression engine's own exceptions.
+    """
+
+    def __init__(self, message: str, *, source: str) -> None:
+        self.source = source
+        self.message = message
+        super().__init__(f"{message} in expression {source!r}")
+
+
+class LedgerError(LedgerflowError):
+    """A ledger cannot be folded: its records are out of order or belong to another workflow."""
