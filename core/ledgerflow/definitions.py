@@ -122,11 +122,6 @@ def _converter() -> cattrs.Converter:
         lambda v, t: None if v is None else _json_mapping(v, t),
     )
     conv.register_unstructure_hook_func(lambda t: t == Mapping[str, JSON], dict)
-    for cls in (Backoff, OnError, Compensation, Step, EventSpec, Workflow):
-        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True))
-        conv.register_unstructure_hook(
-            cls, make_dict_unstructure_fn(cls, conv, _cattrs_omit_if_default=True)
-        )
     conv.register_structure_hook(
         Transition,
         make_dict_structure_fn(
@@ -141,6 +136,12 @@ def _converter() -> cattrs.Converter:
             target=override(rename="to"),
         ),
     )
+    # after Transition's hooks: Workflow's generated functions capture them
+    for cls in (Backoff, OnError, Compensation, Step, EventSpec, Workflow):
+        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True))
+        conv.register_unstructure_hook(
+            cls, make_dict_unstructure_fn(cls, conv, _cattrs_omit_if_default=True)
+        )
     return conv
 
 

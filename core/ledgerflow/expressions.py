@@ -9,6 +9,10 @@ time, so a typo such as ``paylod.total`` fails validation rather than an executi
 across ``int`` and ``double`` follow the CEL specification (``1 == 1.0`` and ``1.5 < 2`` hold).
 Results are plain JSON values; an expression whose result has no JSON form (a timestamp, bytes)
 fails with :class:`~ledgerflow.errors.ExpressionError`; convert it with ``string(…)``.
+
+Evaluation is bounded: at most 9,999 comprehension iterations (``map``, ``all``, ``exists``…)
+per evaluation and nesting at most 32 deep, so no payload can make a condition run for long.
+Strings holding the NUL character are refused as inputs (the runtime would cut them short).
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class Expression:
         Raises :class:`ExpressionError` when evaluation fails: a missing key, a type mismatch,
         an overflow, a division by zero, or a result with no JSON form.
         """
+        _refuse_nul(variables, self.source)
         try:
             value = self._program.eval(data=dict(variables))
         except (RuntimeError, TypeError, ValueError) as exc:  # inputs CEL cannot represent
@@ -125,6 +130,26 @@ def compile_expression(source: str) -> Expression:
     except RuntimeError as exc:
         raise _compile_error(source, str(exc)) from None
     return Expression(source, program)
+
+
+def _refuse_nul(value: Any, source: str) -> None:
+    # The runtime reads input strings as C strings and would silently cut them at a NUL:
+    # refuse rather than evaluate over data that is not what was sent.
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise ExpressionError(
+                    "a string holding the NUL character (\\u0000) cannot be passed to an "
+                    "expression",
+                    source=source,
+                )
+        elif isinstance(node, Mapping):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
 
 
 def _json_type(value: object) -> str:
