@@ -38,7 +38,11 @@ def steps(draw: st.DrawFn, prefix: str) -> tuple[Step, ...]:
                 else (),
                 on_error=draw(
                     st.sampled_from(
-                        [OnError(), OnError(strategy="continue"), OnError(strategy="retry", attempts=3)]
+                        [
+                            OnError(),
+                            OnError(strategy="continue"),
+                            OnError(strategy="retry", attempts=3),
+                        ]
                     )
                 ),
             )
@@ -46,7 +50,7 @@ def steps(draw: st.DrawFn, prefix: str) -> tuple[Step, ...]:
     return tuple(reversed(result)) if draw(st.booleans()) else tuple(result)
 
 
-ASSIGNMENTS = st.sampled_from(
+ASSIGNMENTS: st.SearchStrategy[dict[str, Any]] = st.sampled_from(
     [
         {},
         {"last": {"expr": "payload.n"}},
@@ -104,7 +108,9 @@ def workflows(draw: st.DrawFn) -> Workflow:
         initial_state=states[0],
         states=tuple(states),
         terminal_states=tuple(s for s in states if s in terminal),
-        events={name: EventSpec(payload=PAYLOAD_SCHEMA) for name in sorted(used) if draw(st.booleans())},
+        events={
+            name: EventSpec(payload=PAYLOAD_SCHEMA) for name in sorted(used) if draw(st.booleans())
+        },
         transitions=tuple(transitions),
     )
 

@@ -125,20 +125,28 @@ def _converter() -> cattrs.Converter:
     conv.register_structure_hook(
         Transition,
         make_dict_structure_fn(
-            Transition, conv, _cattrs_forbid_extra_keys=True, source=override(rename="from"),
+            Transition,
+            conv,
+            _cattrs_forbid_extra_keys=True,
+            source=override(rename="from"),
             target=override(rename="to"),
         ),
     )
     conv.register_unstructure_hook(
         Transition,
         make_dict_unstructure_fn(
-            Transition, conv, _cattrs_omit_if_default=True, source=override(rename="from"),
+            Transition,
+            conv,
+            _cattrs_omit_if_default=True,
+            source=override(rename="from"),
             target=override(rename="to"),
         ),
     )
     # after Transition's hooks: Workflow's generated functions capture them
     for cls in (Backoff, OnError, Compensation, Step, EventSpec, Workflow):
-        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True))
+        conv.register_structure_hook(
+            cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+        )
         conv.register_unstructure_hook(
             cls, make_dict_unstructure_fn(cls, conv, _cattrs_omit_if_default=True)
         )
@@ -150,20 +158,26 @@ def _format_of(path: Path) -> Format:
         return _SUFFIXES[path.suffix.lower()]
     except KeyError:
         raise DefinitionError(
-            [Problem(source=str(path), message="unknown file type: use .yaml, .yml, .toml or .json")]
+            [
+                Problem(
+                    source=str(path), message="unknown file type: use .yaml, .yml, .toml or .json"
+                )
+            ]
         ) from None
 
 
 def _decode(text: str, fmt: Format, source: str) -> Any:
     try:
         if fmt == "yaml":
-            return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+            return yaml.load(text, Loader=_YamlLoader)
         if fmt == "toml":
             return tomllib.loads(text)
         return json.loads(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         message = " ".join(str(exc).split())
-        raise DefinitionError([Problem(source=source, message=f"not valid {fmt}: {message}")]) from exc
+        raise DefinitionError(
+            [Problem(source=source, message=f"not valid {fmt}: {message}")]
+        ) from exc
 
 
 def parse(data: Any, *, source: str = "") -> Workflow:
@@ -209,7 +223,9 @@ def load(path: str | Path, *, actions: Container[str] | None = None) -> Definiti
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise DefinitionError([Problem(source=str(path), message=exc.strerror or str(exc))]) from exc
+        raise DefinitionError(
+            [Problem(source=str(path), message=exc.strerror or str(exc))]
+        ) from exc
     workflow = parse(_decode(text, fmt, str(path)), source=str(path))
     return compile_workflow(workflow, source=str(path), actions=actions)
 
@@ -311,7 +327,9 @@ class Definition:
         validator = self.payload_validators.get(event)
         if validator is None:
             return []
-        found = sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.absolute_path)))
+        found = sorted(
+            validator.iter_errors(payload), key=lambda e: list(map(str, e.absolute_path))
+        )
         return [f"{_json_path(e.absolute_path)}: {e.message}" for e in found]
 
     @functools.cached_property
@@ -469,7 +487,7 @@ def _event_problems(workflow: Workflow) -> Iterator[tuple[str, str]]:
             yield where, f"event {name!r} is declared but no transition handles it"
         if spec.payload is not None:
             try:
-                jsonschema.validators.validator_for(spec.payload).check_schema(spec.payload)
+                jsonschema.validators.validator_for(spec.payload).check_schema(dict(spec.payload))
             except jsonschema.SchemaError as exc:
                 yield f"{where}.payload", f"not a valid JSON Schema: {exc.message}"
 
@@ -553,7 +571,10 @@ def _on_error_problems(at: str, on_error: OnError) -> Iterator[tuple[str, str]]:
     if on_error.attempts < 1:
         yield f"{at} on_error", f"attempts must be at least 1, got {on_error.attempts}"
     if on_error.strategy != "retry" and on_error.attempts != 1:
-        yield f"{at} on_error", f"attempts is only meaningful with strategy 'retry', not {on_error.strategy!r}"
+        yield (
+            f"{at} on_error",
+            f"attempts is only meaningful with strategy 'retry', not {on_error.strategy!r}",
+        )
     backoff = on_error.backoff
     if backoff.initial < 0 or backoff.maximum < 0:
         yield f"{at} on_error.backoff", "backoff times cannot be negative"
@@ -622,8 +643,14 @@ def _ambiguities(workflow: Workflow) -> Iterator[tuple[str, str]]:
             second = ts[j]
             if first.on != second.on:
                 continue
-            shared = [s for s in workflow.states if _leaves(first, s, workflow) and _leaves(second, s, workflow)]
-            roles_overlap = not first.roles or not second.roles or set(first.roles) & set(second.roles)
+            shared = [
+                s
+                for s in workflow.states
+                if _leaves(first, s, workflow) and _leaves(second, s, workflow)
+            ]
+            roles_overlap = (
+                not first.roles or not second.roles or set(first.roles) & set(second.roles)
+            )
             same_condition = first.condition == second.condition
             if shared and roles_overlap and same_condition:
                 yield (
@@ -634,7 +661,7 @@ def _ambiguities(workflow: Workflow) -> Iterator[tuple[str, str]]:
 
 
 def _graph_problems(workflow: Workflow) -> Iterator[tuple[str, str]]:
-    states = [s for s in dict.fromkeys(workflow.states)]
+    states = list(dict.fromkeys(workflow.states))
     if workflow.initial_state not in states:
         return
     reached = {workflow.initial_state}

@@ -39,4 +39,3 @@ def _label(transition: Transition) -> str:
         parts.append(f"({', '.join(transition.roles)})")
     # a line break ends a Mermaid label and ';' ends a statement: write them as entities
     return " ".join(parts).replace("\n", " ").replace(";", "#59;")
-

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import attrs
-from cel_expr_python import cel
+import cel_expr_python.cel as cel
 
 from ledgerflow.errors import ExpressionError
 from ledgerflow.model import JSON
@@ -53,7 +53,7 @@ _CEL_ERROR = re.compile(r"ERROR: <input>:(\d+):(\d+): ([^\n]*)")
 @functools.cache
 def _environment() -> cel.Env:
     with _lock:
-        return cel.NewEnv(variables={name: cel.Type.DYN for name in NAMES})
+        return cel.NewEnv(variables=dict.fromkeys(NAMES, cel.Type.DYN))
 
 
 def _compile_error(source: str, raw: str) -> ExpressionError:

@@ -13,13 +13,14 @@ that names them in storage; renaming or moving a class never changes how stored 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal, TypeAlias
 
 import attrs
 
 __all__ = [
     "ANY_STATE",
+    "JSON",
     "Accepted",
     "Backoff",
     "Compensation",
@@ -30,7 +31,6 @@ __all__ = [
     "EventSpec",
     "ExecutionFailed",
     "ExecutionStarted",
-    "JSON",
     "OnError",
     "Problem",
     "Record",
@@ -57,6 +57,14 @@ ANY_STATE = "*"
 def _tuple(value: Any) -> tuple[Any, ...]:
     if isinstance(value, str):
         return (value,)
+    return tuple(value)
+
+
+def _steps(value: Iterable[Step]) -> tuple[Step, ...]:
+    return tuple(value)
+
+
+def _transitions(value: Iterable[Transition]) -> tuple[Transition, ...]:
     return tuple(value)
 
 
@@ -146,7 +154,7 @@ class Transition:
     condition: str | None = None
     roles: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     set: Mapping[str, JSON] = attrs.field(factory=dict, converter=_dict)
-    steps: tuple[Step, ...] = attrs.field(default=(), converter=tuple)
+    steps: tuple[Step, ...] = attrs.field(default=(), converter=_steps)
     after: str | None = None
 
 
@@ -174,7 +182,7 @@ class Workflow:
     states: tuple[str, ...] = attrs.field(converter=_tuple)
     terminal_states: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     events: Mapping[str, EventSpec] = attrs.field(factory=dict, converter=_dict)
-    transitions: tuple[Transition, ...] = attrs.field(default=(), converter=tuple)
+    transitions: tuple[Transition, ...] = attrs.field(default=(), converter=_transitions)
 
 
 @attrs.frozen(kw_only=True)

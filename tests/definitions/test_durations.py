@@ -25,7 +25,9 @@ def test_durations_parse_to_seconds(text: str, seconds: float) -> None:
     assert durations.parse(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "48", "h", "2 months", "1y", "P1M", "PT", "P", "-5m", "0s", "5x"])
+@pytest.mark.parametrize(
+    "text", ["", "48", "h", "2 months", "1y", "P1M", "PT", "P", "-5m", "0s", "5x"]
+)
 def test_bad_durations_are_refused_with_the_accepted_forms(text: str) -> None:
     with pytest.raises(ValueError, match="bad duration") as info:
         durations.parse(text)

@@ -8,10 +8,10 @@ import tomllib
 from pathlib import Path
 
 import yaml
-from generated_workflows import workflows
 from hypothesis import HealthCheck, given, settings
 
 import ledgerflow
+from generated_workflows import workflows
 from ledgerflow import Workflow, definitions
 
 
@@ -27,7 +27,9 @@ def test_yaml_to_object_to_json_to_object_is_the_identity(workflow: Workflow) ->
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=25)
 @given(workflow=workflows())
-def test_files_of_every_format_load_to_the_same_definition(tmp_path: Path, workflow: Workflow) -> None:
+def test_files_of_every_format_load_to_the_same_definition(
+    tmp_path: Path, workflow: Workflow
+) -> None:
     data = definitions.to_data(workflow)
     json_path = tmp_path / "w.json"
     definitions.dump(workflow, json_path)
@@ -56,7 +58,9 @@ def _toml_value(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return (
+            "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        )
     raise TypeError(f"no TOML form for {value!r}")
 
 

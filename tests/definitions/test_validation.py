@@ -19,7 +19,13 @@ BASE: dict[str, Any] = {
     "terminal_states": ["shipped", "cancelled"],
     "events": {"Pay": {"payload": {"type": "object", "required": ["amount"]}}},
     "transitions": [
-        {"name": "pay", "from": "new", "to": "paid", "on": "Pay", "condition": "payload.amount > 0"},
+        {
+            "name": "pay",
+            "from": "new",
+            "to": "paid",
+            "on": "Pay",
+            "condition": "payload.amount > 0",
+        },
         {
             "name": "ship",
             "from": "paid",
@@ -42,7 +48,9 @@ def problems_of(mutate: Mutation) -> list[str]:
     data = copy.deepcopy(BASE)
     mutate(data)
     with pytest.raises(DefinitionError) as info:
-        definitions.compile_workflow(definitions.parse(data, source="order.yaml"), source="order.yaml")
+        definitions.compile_workflow(
+            definitions.parse(data, source="order.yaml"), source="order.yaml"
+        )
     messages = [str(p) for p in info.value.problems]
     assert str(info.value) == "\n".join(messages)
     return messages
@@ -60,53 +68,198 @@ def test_the_base_definition_is_valid() -> None:
 
 CASES: list[tuple[str, Mutation, str]] = [
     ("empty name", lambda d: d.update(name=" "), "order.yaml: name: the workflow needs a name"),
-    ("version zero", lambda d: d.update(version=0), "version: version must be a positive integer, got 0"),
-    ("no states", lambda d: d.update(states=[], terminal_states=[], transitions=[]), "states: the workflow declares no states"),
-    ("duplicate state", lambda d: d["states"].append("paid"), "states: state 'paid' is declared twice"),
-    ("bad state name", lambda d: d["states"].append("in transit"), "state name 'in transit' must be an identifier"),
-    ("unknown initial", lambda d: d.update(initial_state="draft"), "initial_state: unknown state 'draft'"),
-    ("unknown terminal", lambda d: d["terminal_states"].append("lost"), "terminal_states: unknown state 'lost'"),
-    ("terminal initial", lambda d: d["terminal_states"].append("new"), "initial_state: the initial state 'new' is terminal"),
-    ("unknown source", lambda d: d["transitions"][0].update({"from": "nowhere"}), "transitions[0] (pay): unknown source state 'nowhere'"),
-    ("unknown target", lambda d: d["transitions"][0].update(to="limbo"), "transitions[0] (pay): unknown target state 'limbo'"),
-    ("empty source list", lambda d: d["transitions"][0].update({"from": []}), "transitions[0] (pay): 'from' names no state"),
-    ("any mixed with names", lambda d: d["transitions"][2].update({"from": ["*", "new"]}), "'from' mixes '*' with named states"),
-    ("leaves terminal", lambda d: d["transitions"].append({"from": "shipped", "to": "paid", "on": "Reopen"}), "transitions[3] (Reopen): leaves terminal state 'shipped'"),
-    ("bad event name", lambda d: d["transitions"][1].update(on="1st"), "event name '1st' must start with a letter or _"),
-    ("duplicate transition name", lambda d: d["transitions"][2].update(name="pay"), "transitions[2] (pay): transition name 'pay' is used twice"),
+    (
+        "version zero",
+        lambda d: d.update(version=0),
+        "version: version must be a positive integer, got 0",
+    ),
+    (
+        "no states",
+        lambda d: d.update(states=[], terminal_states=[], transitions=[]),
+        "states: the workflow declares no states",
+    ),
+    (
+        "duplicate state",
+        lambda d: d["states"].append("paid"),
+        "states: state 'paid' is declared twice",
+    ),
+    (
+        "bad state name",
+        lambda d: d["states"].append("in transit"),
+        "state name 'in transit' must be an identifier",
+    ),
+    (
+        "unknown initial",
+        lambda d: d.update(initial_state="draft"),
+        "initial_state: unknown state 'draft'",
+    ),
+    (
+        "unknown terminal",
+        lambda d: d["terminal_states"].append("lost"),
+        "terminal_states: unknown state 'lost'",
+    ),
+    (
+        "terminal initial",
+        lambda d: d["terminal_states"].append("new"),
+        "initial_state: the initial state 'new' is terminal",
+    ),
+    (
+        "unknown source",
+        lambda d: d["transitions"][0].update({"from": "nowhere"}),
+        "transitions[0] (pay): unknown source state 'nowhere'",
+    ),
+    (
+        "unknown target",
+        lambda d: d["transitions"][0].update(to="limbo"),
+        "transitions[0] (pay): unknown target state 'limbo'",
+    ),
+    (
+        "empty source list",
+        lambda d: d["transitions"][0].update({"from": []}),
+        "transitions[0] (pay): 'from' names no state",
+    ),
+    (
+        "any mixed with names",
+        lambda d: d["transitions"][2].update({"from": ["*", "new"]}),
+        "'from' mixes '*' with named states",
+    ),
+    (
+        "leaves terminal",
+        lambda d: d["transitions"].append({"from": "shipped", "to": "paid", "on": "Reopen"}),
+        "transitions[3] (Reopen): leaves terminal state 'shipped'",
+    ),
+    (
+        "bad event name",
+        lambda d: d["transitions"][1].update(on="1st"),
+        "event name '1st' must start with a letter or _",
+    ),
+    (
+        "duplicate transition name",
+        lambda d: d["transitions"][2].update(name="pay"),
+        "transitions[2] (pay): transition name 'pay' is used twice",
+    ),
     (
         "ambiguous",
-        lambda d: d["transitions"].append({"from": "new", "to": "cancelled", "on": "Pay", "condition": "payload.amount > 0"}),
+        lambda d: d["transitions"].append(
+            {"from": "new", "to": "cancelled", "on": "Pay", "condition": "payload.amount > 0"}
+        ),
         "transitions[3] (Pay): ambiguous with transitions[0] (pay): both fire on 'Pay' from 'new'",
     ),
-    ("unreachable", lambda d: d["states"].append("archived") or d["terminal_states"].append("archived"), "states: state 'archived' cannot be reached from 'new'"),
+    (
+        "unreachable",
+        lambda d: d["states"].append("archived") or d["terminal_states"].append("archived"),
+        "states: state 'archived' cannot be reached from 'new'",
+    ),
     (
         "no way out",
-        lambda d: d["transitions"][1].update({"from": "new"}) or d["transitions"][2].update({"from": "new"}),
+        lambda d: (
+            d["transitions"][1].update({"from": "new"})
+            or d["transitions"][2].update({"from": "new"})
+        ),
         "states: non-terminal state 'paid' has no transition out of it",
     ),
-    ("condition syntax", lambda d: d["transitions"][0].update(condition="payload.amount >"), "transitions[0] (pay) condition: "),
-    ("set expression syntax", lambda d: d["transitions"][0].update(set={"paid": {"expr": "payload.("}}), "transitions[0] (pay) set.paid: "),
-    ("parameter expression syntax", lambda d: step(d, 1, 0).update(params={"sku": {"expr": "1 +"}}), "transitions[1] (ship) steps[0] (pick) params.sku: "),
-    ("bad duration", lambda d: d["transitions"][2].update(after="2 months"), "transitions[2] (cancel) after: bad duration '2 months'"),
-    ("duplicate step id", lambda d: step(d, 1, 1).update(id="pick", depends_on=[]), "transitions[1] (ship) steps[1] (pick): step id 'pick' is used twice"),
-    ("bad step id", lambda d: step(d, 1, 0).update(id="pick-it"), "step id 'pick-it' must be an identifier"),
-    ("unknown dependency", lambda d: step(d, 1, 1).update(depends_on=["pack"]), "transitions[1] (ship) steps[1] (label): depends_on names unknown step 'pack'"),
-    ("self dependency", lambda d: step(d, 1, 0).update(depends_on=["pick"]), "steps[0] (pick): a step cannot depend on itself"),
-    ("dependency cycle", lambda d: step(d, 1, 0).update(depends_on=["label"]), "transitions[1] (ship): step dependency cycle: pick -> label -> pick"),
-    ("empty action", lambda d: step(d, 1, 0).update(action=""), "steps[0] (pick): the step names no action"),
-    ("zero attempts", lambda d: step(d, 1, 0).update(on_error={"strategy": "retry", "attempts": 0}), "steps[0] (pick) on_error: attempts must be at least 1, got 0"),
-    ("attempts without retry", lambda d: step(d, 1, 0).update(on_error={"strategy": "stop", "attempts": 3}), "attempts is only meaningful with strategy 'retry', not 'stop'"),
-    ("bad backoff", lambda d: step(d, 1, 0).update(on_error={"strategy": "retry", "attempts": 2, "backoff": {"initial": 5, "maximum": 1}}), "on_error.backoff: maximum is smaller than initial"),
-    ("backoff multiplier", lambda d: step(d, 1, 0).update(on_error={"strategy": "retry", "attempts": 2, "backoff": {"multiplier": 0.5}}), "multiplier must be at least 1, got 0.5"),
-    ("compensation without action", lambda d: step(d, 1, 0).update(compensate={"action": " "}), "steps[0] (pick) compensate: the compensation names no action"),
-    ("compensation expression", lambda d: step(d, 1, 0).update(compensate={"action": "wms.unpick", "params": {"x": {"expr": "]"}}}), "steps[0] (pick) compensate.params.x: "),
-    ("unused event", lambda d: d["events"].update(Refund={}), "events.Refund: event 'Refund' is declared but no transition handles it"),
-    ("bad payload schema", lambda d: d["events"]["Pay"].update(payload={"type": "banana"}), "events.Pay.payload: not a valid JSON Schema"),
+    (
+        "condition syntax",
+        lambda d: d["transitions"][0].update(condition="payload.amount >"),
+        "transitions[0] (pay) condition: ",
+    ),
+    (
+        "set expression syntax",
+        lambda d: d["transitions"][0].update(set={"paid": {"expr": "payload.("}}),
+        "transitions[0] (pay) set.paid: ",
+    ),
+    (
+        "parameter expression syntax",
+        lambda d: step(d, 1, 0).update(params={"sku": {"expr": "1 +"}}),
+        "transitions[1] (ship) steps[0] (pick) params.sku: ",
+    ),
+    (
+        "bad duration",
+        lambda d: d["transitions"][2].update(after="2 months"),
+        "transitions[2] (cancel) after: bad duration '2 months'",
+    ),
+    (
+        "duplicate step id",
+        lambda d: step(d, 1, 1).update(id="pick", depends_on=[]),
+        "transitions[1] (ship) steps[1] (pick): step id 'pick' is used twice",
+    ),
+    (
+        "bad step id",
+        lambda d: step(d, 1, 0).update(id="pick-it"),
+        "step id 'pick-it' must be an identifier",
+    ),
+    (
+        "unknown dependency",
+        lambda d: step(d, 1, 1).update(depends_on=["pack"]),
+        "transitions[1] (ship) steps[1] (label): depends_on names unknown step 'pack'",
+    ),
+    (
+        "self dependency",
+        lambda d: step(d, 1, 0).update(depends_on=["pick"]),
+        "steps[0] (pick): a step cannot depend on itself",
+    ),
+    (
+        "dependency cycle",
+        lambda d: step(d, 1, 0).update(depends_on=["label"]),
+        "transitions[1] (ship): step dependency cycle: pick -> label -> pick",
+    ),
+    (
+        "empty action",
+        lambda d: step(d, 1, 0).update(action=""),
+        "steps[0] (pick): the step names no action",
+    ),
+    (
+        "zero attempts",
+        lambda d: step(d, 1, 0).update(on_error={"strategy": "retry", "attempts": 0}),
+        "steps[0] (pick) on_error: attempts must be at least 1, got 0",
+    ),
+    (
+        "attempts without retry",
+        lambda d: step(d, 1, 0).update(on_error={"strategy": "stop", "attempts": 3}),
+        "attempts is only meaningful with strategy 'retry', not 'stop'",
+    ),
+    (
+        "bad backoff",
+        lambda d: step(d, 1, 0).update(
+            on_error={"strategy": "retry", "attempts": 2, "backoff": {"initial": 5, "maximum": 1}}
+        ),
+        "on_error.backoff: maximum is smaller than initial",
+    ),
+    (
+        "backoff multiplier",
+        lambda d: step(d, 1, 0).update(
+            on_error={"strategy": "retry", "attempts": 2, "backoff": {"multiplier": 0.5}}
+        ),
+        "multiplier must be at least 1, got 0.5",
+    ),
+    (
+        "compensation without action",
+        lambda d: step(d, 1, 0).update(compensate={"action": " "}),
+        "steps[0] (pick) compensate: the compensation names no action",
+    ),
+    (
+        "compensation expression",
+        lambda d: step(d, 1, 0).update(
+            compensate={"action": "wms.unpick", "params": {"x": {"expr": "]"}}}
+        ),
+        "steps[0] (pick) compensate.params.x: ",
+    ),
+    (
+        "unused event",
+        lambda d: d["events"].update(Refund={}),
+        "events.Refund: event 'Refund' is declared but no transition handles it",
+    ),
+    (
+        "bad payload schema",
+        lambda d: d["events"]["Pay"].update(payload={"type": "banana"}),
+        "events.Pay.payload: not a valid JSON Schema",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("mutate", "expected"), [(m, e) for _, m, e in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("mutate", "expected"), [(m, e) for _, m, e in CASES], ids=[c[0] for c in CASES]
+)
 def test_each_rule_reports_its_problem_with_its_location(mutate: Mutation, expected: str) -> None:
     messages = problems_of(mutate)
     assert any(expected in message for message in messages), messages
@@ -146,17 +299,37 @@ def test_roles_or_conditions_tell_transitions_apart() -> None:
 
 
 STRUCTURE_CASES: list[tuple[str, Mutation, str]] = [
-    ("typo in a key", lambda d: d["transitions"][0].update(conditon="true"), "extra fields found (conditon)"),
-    ("version as text", lambda d: d.update(version="1"), "version: invalid value for type, expected int"),
+    (
+        "typo in a key",
+        lambda d: d["transitions"][0].update(conditon="true"),
+        "extra fields found (conditon)",
+    ),
+    (
+        "version as text",
+        lambda d: d.update(version="1"),
+        "version: invalid value for type, expected int",
+    ),
     ("version as boolean", lambda d: d.update(version=True), "version"),
-    ("missing target", lambda d: d["transitions"][0].pop("to"), "transitions[0].to: required field missing"),
-    ("unknown strategy", lambda d: step(d, 1, 0).update(on_error={"strategy": "ignore"}), "strategy"),
+    (
+        "missing target",
+        lambda d: d["transitions"][0].pop("to"),
+        "transitions[0].to: required field missing",
+    ),
+    (
+        "unknown strategy",
+        lambda d: step(d, 1, 0).update(on_error={"strategy": "ignore"}),
+        "strategy",
+    ),
     ("states not a list", lambda d: d.update(states=5), "states"),
     ("params not a mapping", lambda d: step(d, 1, 0).update(params=[1]), "params"),
 ]
 
 
-@pytest.mark.parametrize(("mutate", "expected"), [(m, e) for _, m, e in STRUCTURE_CASES], ids=[c[0] for c in STRUCTURE_CASES])
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [(m, e) for _, m, e in STRUCTURE_CASES],
+    ids=[c[0] for c in STRUCTURE_CASES],
+)
 def test_malformed_definitions_name_each_bad_field(mutate: Mutation, expected: str) -> None:
     data = copy.deepcopy(BASE)
     mutate(data)
@@ -181,7 +354,9 @@ def test_a_definition_must_be_a_mapping() -> None:
         (".txt", "", "unknown file type"),
     ],
 )
-def test_unreadable_files_get_one_clear_problem(tmp_path: Any, suffix: str, text: str, expected: str) -> None:
+def test_unreadable_files_get_one_clear_problem(
+    tmp_path: Any, suffix: str, text: str, expected: str
+) -> None:
     path = tmp_path / f"broken{suffix}"
     path.write_text(text)
     with pytest.raises(DefinitionError, match=expected) as info:

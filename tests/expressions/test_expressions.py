@@ -34,7 +34,10 @@ VARS: dict[str, Any] = {
         ('"né" + "e"', "née"),
         ('size("héllo")', 5),
         ("payload.count > 2 ? 'many' : 'few'", "many"),
-        ('{"id": payload.customer.id, "n": [1, 2.5, null, true]}', {"id": "c-1", "n": [1, 2.5, None, True]}),
+        (
+            '{"id": payload.customer.id, "n": [1, 2.5, null, true]}',
+            {"id": "c-1", "n": [1, 2.5, None, True]},
+        ),
         ("payload.items.map(i, i + '!')", ["a!", "b!"]),
         ("state + ':' + event", "pending_approval:ApproveInvoice"),
     ],
@@ -92,7 +95,9 @@ def test_a_condition_must_be_boolean() -> None:
 
 
 def test_comprehensions_are_bounded() -> None:
-    expression = compile_expression("payload.items.all(a, payload.items.all(b, a != '' && b != ''))")
+    expression = compile_expression(
+        "payload.items.all(a, payload.items.all(b, a != '' && b != ''))"
+    )
     many = {"payload": {"items": ["x"] * 200}}
     with pytest.raises(ExpressionError):
         expression.evaluate(many)
@@ -100,7 +105,11 @@ def test_comprehensions_are_bounded() -> None:
 
 def test_templates_keep_literals_and_evaluate_expressions_at_any_depth() -> None:
     template = compile_template(
-        {"id": {"expr": "payload.customer.id"}, "fixed": [1, {"deep": {"expr": "payload.count * 2"}}], "s": "x"}
+        {
+            "id": {"expr": "payload.customer.id"},
+            "fixed": [1, {"deep": {"expr": "payload.count * 2"}}],
+            "s": "x",
+        }
     )
     assert len(template.expressions) == 2
     assert template.render(VARS) == {"id": "c-1", "fixed": [1, {"deep": 6}], "s": "x"}
@@ -134,8 +143,14 @@ def test_one_compiled_expression_is_safe_to_share_between_threads() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
     max_leaves=20,
 )
 

@@ -91,7 +91,9 @@ def test_the_role_checked_is_the_senders(invoice: Definition) -> None:
     assert isinstance(decision, Rejected)
     assert decision.reason is RejectReason.ROLE_NOT_PERMITTED
     assert "'clerk'" in decision.detail
-    no_role = ledgerflow.decide(invoice, state, Event(name="ApproveInvoice", payload={"approved_by": "x"}))
+    no_role = ledgerflow.decide(
+        invoice, state, Event(name="ApproveInvoice", payload={"approved_by": "x"})
+    )
     assert isinstance(no_role, Rejected)
     assert no_role.reason is RejectReason.ROLE_NOT_PERMITTED
 
@@ -116,7 +118,9 @@ def test_each_rejection_reason(invoice: Definition) -> None:
     assert no_transition.reason is RejectReason.NO_TRANSITION
     assert no_transition.detail == "no transition leaves 'draft' on 'ApproveInvoice'"
     bad = ledgerflow.decide(
-        invoice, start, Event(name="CreateInvoice", role="clerk", payload={"invoice": {"id": "", "total": 0}})
+        invoice,
+        start,
+        Event(name="CreateInvoice", role="clerk", payload={"invoice": {"id": "", "total": 0}}),
     )
     assert isinstance(bad, Rejected)
     assert bad.reason is RejectReason.PAYLOAD_INVALID
@@ -134,7 +138,8 @@ def test_an_expression_error_rejects_with_its_reason() -> None:
         {"name": "W", "version": 1, "initial_state": "a", "states": ["a", "b"],
          "terminal_states": ["b"],
          "transitions": [{"from": "a", "to": "b", "on": "Go", "condition": "payload.n > 1"},
-                         {"from": "a", "to": "b", "on": "Set", "set": {"x": {"expr": "1 / payload.n"}}}]}
+                         {"from": "a", "to": "b", "on": "Set",
+                          "set": {"x": {"expr": "1 / payload.n"}}}]}
         """,
         "json",
     )
@@ -150,8 +155,10 @@ def test_an_expression_error_rejects_with_its_reason() -> None:
     not_bool = ledgerflow.compile_workflow(
         attrs.evolve(
             definition.workflow,
-            transitions=(attrs.evolve(definition.workflow.transitions[0], condition="payload.n"),
-                         definition.workflow.transitions[1]),
+            transitions=(
+                attrs.evolve(definition.workflow.transitions[0], condition="payload.n"),
+                definition.workflow.transitions[1],
+            ),
         )
     )
     wrong = ledgerflow.decide(not_bool, state, Event(name="Go", payload={"n": 3}))
@@ -175,8 +182,10 @@ def test_fold_refuses_a_broken_ledger(invoice: Definition) -> None:
         ledgerflow.fold(invoice, ledger[1:])
     with pytest.raises(LedgerError, match="a second execution_started"):
         ledgerflow.fold(invoice, [ledger[0], attrs.evolve(ledger[0], seq=2)])
+    applied = ledger[2]
+    assert isinstance(applied, ledgerflow.TransitionApplied)
+    wrong = attrs.evolve(applied, source="pending_approval")
     with pytest.raises(LedgerError, match="while in 'draft'"):
-        wrong = attrs.evolve(ledger[2], source="pending_approval")
         ledgerflow.fold(invoice, [ledger[0], ledger[1], wrong])
     with pytest.raises(LedgerError, match="empty ledger"):
         ledgerflow.fold(invoice, [])

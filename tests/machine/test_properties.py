@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import attrs
-from generated_workflows import events, workflows
 from hypothesis import given
 from hypothesis import strategies as st
 
 import ledgerflow
+from generated_workflows import events, workflows
 from ledgerflow import Event, Workflow
 
 
@@ -38,7 +38,9 @@ def test_decide_is_deterministic(workflow: Workflow, sequence: list[Event], even
 
 
 @given(workflow=workflows(), sequence=st.lists(events(), max_size=12))
-def test_every_event_is_decided_once_and_in_order(workflow: Workflow, sequence: list[Event]) -> None:
+def test_every_event_is_decided_once_and_in_order(
+    workflow: Workflow, sequence: list[Event]
+) -> None:
     definition = ledgerflow.compile_workflow(workflow)
     ledger = ledgerflow.simulate(definition, sequence)
     received = [r.seq for r in ledger if isinstance(r, ledgerflow.EventReceived)]
