@@ -13,10 +13,13 @@ if TYPE_CHECKING:
     from ledgerflow.model import Problem
 
 __all__ = [
+    "ActionRegistrationError",
     "DefinitionError",
     "ExpressionError",
+    "InvalidParametersError",
     "LedgerError",
     "LedgerflowError",
+    "UnknownActionError",
 ]
 
 
@@ -51,3 +54,24 @@ class ExpressionError(LedgerflowError):
 
 class LedgerError(LedgerflowError):
     """A ledger cannot be folded: its records are out of order or belong to another workflow."""
+
+
+class UnknownActionError(LedgerflowError):
+    """No action is registered under ``name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown action {name!r}")
+
+
+class InvalidParametersError(LedgerflowError):
+    """An action's parameters break its schema; ``problems`` names each bad field."""
+
+    def __init__(self, action: str, problems: Sequence[str]) -> None:
+        self.action = action
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__(f"invalid parameters for action {action!r}: " + "; ".join(self.problems))
+
+
+class ActionRegistrationError(LedgerflowError):
+    """An action cannot be registered: a duplicate name, a bad schema, a bad isolation level."""
