@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ledgerflow import store
+
 from ledgerflow.definitions import Definition, compile_workflow, load, loads, validate
 from ledgerflow.errors import DefinitionError, ExpressionError, LedgerError, LedgerflowError
 from ledgerflow.machine import apply, decide, fold, simulate, start

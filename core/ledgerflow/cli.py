@@ -6,20 +6,27 @@ Errors are one readable line on stderr and a non-zero exit; ``--debug`` adds the
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ledgerflow import definitions, diagrams
-from ledgerflow.errors import DefinitionError, LedgerflowError
+from ledgerflow.errors import DefinitionError, InvalidInputError, LedgerflowError
+
+if TYPE_CHECKING:
+    from ledgerflow.engine import Engine, HistoryEntry
 
 __all__ = ["main"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_DB = "sqlite:///ledgerflow.db"
 
 EXIT_INVALID = 1
 """Exit code of ``workflow validate`` when a definition is invalid."""
@@ -42,16 +49,90 @@ class _Group(click.Group):
             ctx.exit(EXIT_ERROR)
 
 
+class _Settings:
+    """The global options, and the engine built from them on first use."""
+
+    def __init__(self, db: str, app: str | None) -> None:
+        self.db = db
+        self.app = app
+        self._engine: Engine | None = None
+
+    def engine(self, *, check_schema: bool = True) -> Engine:
+        if self._engine is None:
+            from ledgerflow.engine import Engine
+
+            self._engine = Engine(self.db)
+            if check_schema:
+                self._engine.store.check_schema()
+            if self.app:
+                _load_app(self.app, self._engine)
+        return self._engine
+
+
+def _load_app(name: str, engine: Engine) -> None:
+    """Import the user's module; its ``setup(engine)``, if any, registers actions and
+    definitions."""
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise InvalidInputError(f"--app {name}: cannot import it: {exc}") from exc
+    setup = getattr(module, "setup", None)
+    if callable(setup):
+        setup(engine)
+
+
+def _json_option(value: str | None, option: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{option} is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise InvalidInputError(f"{option} must be a JSON object, not {type(parsed).__name__}")
+    return parsed
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+pass_settings = click.make_pass_decorator(_Settings)
+json_flag = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+tenant_option = click.option("--tenant", required=True, help="The tenant the execution belongs to.")
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    envvar="LEDGERFLOW_DB",
+    default=DEFAULT_DB,
+    show_default=True,
+    help="Database URL (sqlite:///FILE or postgresql://…); env LEDGERFLOW_DB.",
+)
+@click.option(
+    "--app",
+    envvar="LEDGERFLOW_APP",
+    default=None,
+    help="Module to import first: its setup(engine) registers actions and definitions.",
+)
 @click.option("--debug", is_flag=True, help="Show the traceback of any error.")
 @click.version_option(package_name="ledgerflow")
-def cli(debug: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, db: str, app: str | None, debug: bool) -> None:
     """ledgerflow: durable, event-sourced workflows."""
+    ctx.obj = _Settings(db, app)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @cli.group(cls=_Group)
 def workflow() -> None:
-    """Check and draw workflow definitions."""
+    """Check, draw and register workflow definitions."""
 
 
 @workflow.command("validate")
@@ -106,6 +187,318 @@ def show_command(file: Path, fmt: str) -> None:
         click.echo(diagrams.mermaid(definition), nl=False)
     else:
         click.echo(definitions.dumps(definition, "json" if fmt == "json" else "yaml"), nl=False)
+
+
+@workflow.command("register")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_flag
+@pass_settings
+def register_command(settings: _Settings, files: Sequence[Path], as_json: bool) -> None:
+    """Store the definitions in FILES; each version, once stored, never changes."""
+    engine = settings.engine()
+    registered = []
+    for path in files:
+        definition = engine.register(path)
+        registered.append({"file": str(path), "workflow": definition.name, "version": definition.version})
+    if as_json:
+        _echo_json(registered)
+    else:
+        for entry in registered:
+            click.echo(f"registered {entry['workflow']} v{entry['version']} from {entry['file']}")
+
+
+@workflow.command("list")
+@json_flag
+@pass_settings
+def list_command(settings: _Settings, as_json: bool) -> None:
+    """List every registered workflow version."""
+    found = settings.engine().list_definitions()
+    if as_json:
+        _echo_json(found)
+        return
+    for entry in found:
+        click.echo(f"{entry['name']} v{entry['version']}  {entry['hash'][:12]}")
+
+
+@cli.group(cls=_Group)
+def db() -> None:
+    """Manage the database schema."""
+
+
+@db.command("upgrade")
+@json_flag
+@pass_settings
+def upgrade_command(settings: _Settings, as_json: bool) -> None:
+    """Create or upgrade the schema to this version's revision."""
+    revision = settings.engine(check_schema=False).store.upgrade()
+    if as_json:
+        _echo_json({"revision": revision})
+    else:
+        click.echo(f"schema at revision {revision}")
+
+
+@cli.command("start")
+@click.argument("workflow_name", metavar="NAME")
+@tenant_option
+@click.option("--version", "version", default="latest", show_default=True, help="A version number, or latest.")
+@click.option("--context", "context", default=None, help="Initial context, a JSON object.")
+@json_flag
+@pass_settings
+def start_command(
+    settings: _Settings, workflow_name: str, tenant: str, version: str, context: str | None, as_json: bool
+) -> None:
+    """Start an execution of workflow NAME; prints its id."""
+    if version != "latest" and not version.isdigit():
+        raise InvalidInputError(f"--version must be a number or 'latest', not {version!r}")
+    execution_id = settings.engine().create_execution(
+        workflow_name,
+        "latest" if version == "latest" else int(version),
+        tenant=tenant,
+        context=_json_option(context, "--context"),
+    )
+    if as_json:
+        _echo_json({"execution_id": execution_id})
+    else:
+        click.echo(execution_id)
+
+
+@cli.command("send")
+@click.argument("execution_id", metavar="EXECUTION")
+@click.argument("event")
+@tenant_option
+@click.option("--role", default=None, help="The sender's role.")
+@click.option("--payload", default=None, help="The event's payload, a JSON object.")
+@click.option("--key", default=None, help="A client key: sending it again returns the same event id.")
+@json_flag
+@pass_settings
+def send_command(
+    settings: _Settings,
+    execution_id: str,
+    event: str,
+    tenant: str,
+    role: str | None,
+    payload: str | None,
+    key: str | None,
+    as_json: bool,
+) -> None:
+    """Append EVENT to EXECUTION's ledger; prints the event id."""
+    event_id = settings.engine().enqueue_event(
+        execution_id, event, tenant=tenant, role=role, payload=_json_option(payload, "--payload"), key=key
+    )
+    if as_json:
+        _echo_json({"event_id": event_id})
+    else:
+        click.echo(event_id)
+
+
+@cli.command("worker")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1), help="Threads.")
+@click.option("--until-idle", is_flag=True, help="Exit when no work is left.")
+@click.option("--lease-ttl", default=30.0, show_default=True, type=click.FloatRange(min=0.5), help="Seconds.")
+@click.option("--poll-interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01), help="Seconds.")
+@json_flag
+@pass_settings
+def worker_command(
+    settings: _Settings, concurrency: int, until_idle: bool, lease_ttl: float, poll_interval: float, as_json: bool
+) -> None:
+    """Process pending events; SIGTERM or SIGINT stops it after the event in hand."""
+    from ledgerflow.worker import Worker
+
+    worker = Worker(
+        settings.engine(), concurrency=concurrency, lease_ttl=lease_ttl, poll_interval=poll_interval
+    )
+
+    def _stop(signum: int, _frame: Any) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    stats = worker.run(until_idle=until_idle)
+    summary = {"worker": worker.id, "executions": stats.executions, "events": stats.events, "errors": stats.errors}
+    if as_json:
+        _echo_json(summary)
+    else:
+        click.echo(f"worker {worker.id} processed {stats.events} events in {stats.executions} executions")
+
+
+@cli.group(cls=_Group)
+def execution() -> None:
+    """Look at executions."""
+
+
+def _execution_data(engine: Engine, execution_id: str, tenant: str) -> dict[str, Any]:
+    found = engine.get_execution(execution_id, tenant=tenant)
+    return {
+        "id": found.id,
+        "tenant": found.tenant,
+        "workflow": found.workflow,
+        "version": found.version,
+        "state": found.state,
+        "status": found.status.value,
+        "context": dict(found.context),
+        "seq": found.seq,
+        "decided_seq": found.decided_seq,
+    }
+
+
+@execution.command("show")
+@click.argument("execution_id", metavar="ID")
+@tenant_option
+@json_flag
+@pass_settings
+def show_execution_command(settings: _Settings, execution_id: str, tenant: str, as_json: bool) -> None:
+    """Show an execution's current state and context."""
+    data = _execution_data(settings.engine(), execution_id, tenant)
+    if as_json:
+        _echo_json(data)
+        return
+    click.echo(f"{data['workflow']} v{data['version']}  {data['id']}  (tenant {data['tenant']})")
+    click.echo(f"state: {data['state']}  status: {data['status']}  seq: {data['seq']}")
+    click.echo("context: " + json.dumps(data["context"], sort_keys=True))
+
+
+def _history_data(entries: Sequence[HistoryEntry]) -> list[dict[str, Any]]:
+    from ledgerflow.store.codec import encode_record
+
+    return [
+        {
+            "seq": e.seq,
+            "kind": e.kind,
+            "event_id": e.event_id,
+            "status": e.status,
+            "outcome": e.outcome,
+            "detail": e.detail,
+            "record": encode_record(e.record)[1],
+        }
+        for e in entries
+    ]
+
+
+def _describe(entry: Mapping[str, Any]) -> str:
+    body = entry["record"]
+    kind = entry["kind"]
+    if kind == "execution_started":
+        return f"{body['workflow']} v{body['version']}"
+    if kind == "event_received":
+        role = f" as {body['role']}" if body.get("role") else ""
+        return f"{body['name']}{role} -> {entry['status']}"
+    if kind == "transition_applied":
+        return f"{body['source']} -> {body['target']} ({body['transition']})"
+    if kind == "event_rejected":
+        return f"event {body['event_seq']}: {body['reason']}: {body['detail']}"
+    if kind in ("step_succeeded", "step_compensated"):
+        return f"{body['step_id']}: {json.dumps(body['result'], sort_keys=True)}"
+    if kind == "step_failed":
+        return f"{body['step_id']}: {body['error']} (attempts {body['attempts']})"
+    return json.dumps(body, sort_keys=True)
+
+
+def _print_ledger(rows: Sequence[Mapping[str, Any]]) -> None:
+    width = max((len(r["kind"]) for r in rows), default=4)
+    click.echo(f"{'seq':>4}  {'record':<{width}}  detail")
+    for row in rows:
+        detail = _describe(row)
+        if len(detail) > 90:
+            detail = detail[:87] + "..."
+        click.echo(f"{row['seq']:>4}  {row['kind']:<{width}}  {detail}")
+
+
+@execution.command("history")
+@click.argument("execution_id", metavar="ID")
+@tenant_option
+@json_flag
+@pass_settings
+def history_command(settings: _Settings, execution_id: str, tenant: str, as_json: bool) -> None:
+    """Print an execution's ledger, record by record."""
+    rows = _history_data(settings.engine().history(execution_id, tenant=tenant))
+    if as_json:
+        _echo_json(rows)
+    else:
+        _print_ledger(rows)
+
+
+@cli.group(cls=_Group)
+def event() -> None:
+    """Look at events."""
+
+
+@event.command("status")
+@click.argument("event_id", metavar="ID")
+@tenant_option
+@json_flag
+@pass_settings
+def event_status_command(settings: _Settings, event_id: str, tenant: str, as_json: bool) -> None:
+    """Show whether an event is pending, processed, rejected or failed, and why."""
+    info = settings.engine().event_status(event_id, tenant=tenant)
+    data = {
+        "event_id": info.event_id,
+        "execution_id": info.execution_id,
+        "seq": info.seq,
+        "name": info.name,
+        "status": info.status,
+        "outcome": info.outcome,
+        "detail": info.detail,
+    }
+    if as_json:
+        _echo_json(data)
+    else:
+        why = f" ({info.outcome}: {info.detail})" if info.outcome else ""
+        click.echo(f"{info.name} #{info.seq} of {info.execution_id}: {info.status}{why}")
+
+
+def _example_path() -> Path:
+    from importlib import resources
+
+    packaged = resources.files("ledgerflow") / "examples" / "invoice_approval.yaml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    # running from a source checkout
+    return Path(__file__).resolve().parents[2] / "contrib" / "examples" / "invoice_approval" / "invoice_approval.yaml"
+
+
+@cli.command("demo")
+@json_flag
+def demo_command(as_json: bool) -> None:
+    """Run the InvoiceApproval example end to end on a throwaway SQLite ledger."""
+    from ledgerflow.engine import Engine
+    from ledgerflow.worker import Worker
+
+    with tempfile.TemporaryDirectory(prefix="ledgerflow-demo-") as tmp:
+        engine = Engine(f"sqlite:///{tmp}/demo.db")
+        try:
+            engine.store.upgrade()
+            engine.register(_example_path())
+            tenant = "acme"
+            execution_id = engine.create_execution("InvoiceApproval", tenant=tenant)
+            engine.enqueue_event(
+                execution_id,
+                "CreateInvoice",
+                tenant=tenant,
+                role="clerk",
+                payload={"invoice": {"id": "INV-1001", "total": 1250.0, "customer_id": "C-42", "currency": "EUR"}},
+            )
+            engine.enqueue_event(
+                execution_id, "ApproveInvoice", tenant=tenant, role="manager", payload={"approved_by": "maria"}
+            )
+            Worker(engine, poll_interval=0.05).run(until_idle=True)
+            rows = _history_data(engine.history(execution_id, tenant=tenant))
+            final = _execution_data(engine, execution_id, tenant)
+            replayed = engine.replay(execution_id, tenant=tenant)
+        finally:
+            engine.close()
+    consistent = (replayed.name, replayed.status.value, dict(replayed.context)) == (
+        final["state"],
+        final["status"],
+        final["context"],
+    )
+    if as_json:
+        _echo_json({"ledger": rows, "execution": final, "replay_matches_projection": consistent})
+        return
+    click.echo(f"InvoiceApproval on a temporary SQLite ledger, tenant {tenant}, execution {execution_id}\n")
+    _print_ledger(rows)
+    click.echo(f"\nfinal state: {final['state']} ({final['status']})")
+    click.echo("context: " + json.dumps(final["context"], sort_keys=True))
+    click.echo("replaying the ledger from zero gives the same state: " + ("yes" if consistent else "NO"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

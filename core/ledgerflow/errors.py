@@ -14,12 +14,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActionRegistrationError",
+    "DefinitionConflictError",
     "DefinitionError",
+    "EventNotFoundError",
+    "ExecutionNotFoundError",
     "ExpressionError",
+    "InvalidEventError",
+    "InvalidInputError",
     "InvalidParametersError",
+    "LeaseLostError",
     "LedgerError",
     "LedgerflowError",
+    "NotFoundError",
+    "SchemaError",
+    "StoreUnavailableError",
     "UnknownActionError",
+    "WorkflowNotFoundError",
 ]
 
 
@@ -75,3 +85,52 @@ class InvalidParametersError(LedgerflowError):
 
 class ActionRegistrationError(LedgerflowError):
     """An action cannot be registered: a duplicate name, a bad schema, a bad isolation level."""
+
+
+class NotFoundError(LedgerflowError):
+    """What was asked for does not exist for this tenant.
+
+    Another tenant's execution or event is "not found" too, never "forbidden": a tenant cannot
+    learn what another one has.
+    """
+
+
+class WorkflowNotFoundError(NotFoundError):
+    """No definition is registered under this workflow name (and version)."""
+
+
+class ExecutionNotFoundError(NotFoundError):
+    """No execution with this id exists for this tenant."""
+
+
+class EventNotFoundError(NotFoundError):
+    """No event with this id exists for this tenant."""
+
+
+class InvalidInputError(LedgerflowError):
+    """An argument is malformed: an empty tenant, a context or payload that is not JSON, a
+    role that is not a string. Nothing was written."""
+
+
+class InvalidEventError(InvalidInputError):
+    """An event cannot be accepted into the ledger: its name is unknown to the execution's
+    workflow version, or its payload breaks the event's schema. Nothing was written."""
+
+
+class DefinitionConflictError(LedgerflowError):
+    """A different definition is already registered under the same name and version; register
+    the change under a new version."""
+
+
+class LeaseLostError(LedgerflowError):
+    """The worker no longer holds the execution's lease (it expired and another worker took
+    over); what it was about to write was discarded."""
+
+
+class SchemaError(LedgerflowError):
+    """The database schema is missing or older than this version of ledgerflow expects; run
+    ``ledgerflow db upgrade``."""
+
+
+class StoreUnavailableError(LedgerflowError):
+    """The database could not be reached or refused the operation; nothing was acknowledged."""

@@ -1,0 +1,1 @@
+"""Actions that ship with ledgerflow, registered like any plugin's."""

@@ -1,0 +1,548 @@
+"""The engine: register definitions, create executions, append events, read the ledger, and
+process an execution's pending events under its lease.
+
+Every call is scoped by tenant. Invalid input raises a :class:`~ledgerflow.errors.LedgerflowError`
+subclass and leaves the store untouched. ``enqueue_event`` returns only once the event and its
+outbox record are committed together, so an acknowledged event is never lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import sqlalchemy as sa
+
+from ledgerflow import definitions as definitions_module
+from ledgerflow import machine
+from ledgerflow.builtin.actions import register_builtin_actions
+from ledgerflow.definitions import Definition
+from ledgerflow.errors import (
+    DefinitionConflictError,
+    DefinitionError,
+    EventNotFoundError,
+    ExecutionNotFoundError,
+    InvalidEventError,
+    InvalidInputError,
+    LedgerflowError,
+    StoreUnavailableError,
+    WorkflowNotFoundError,
+)
+from ledgerflow.executor import RunResult, SequentialRunner, StepJob, StepRunner
+from ledgerflow.model import (
+    JSON,
+    Accepted,
+    EventReceived,
+    ExecutionFailed,
+    Record,
+    State,
+    Status,
+    StepCompensated,
+    StepFailed,
+    StepSucceeded,
+    Workflow,
+)
+from ledgerflow.registry import ActionRegistry
+from ledgerflow.store.sql import SQLStore, StoredRecord
+
+__all__ = ["DEFAULT_DB", "Engine", "EventInfo", "Execution", "HistoryEntry", "Lease"]
+
+DEFAULT_DB = "sqlite:///ledgerflow.db"
+"""The store used when none is given: an SQLite file in the working directory."""
+
+log = logging.getLogger("ledgerflow.engine")
+
+_COMMIT_ATTEMPTS = 20
+
+
+@attrs.frozen(kw_only=True)
+class Execution:
+    """An execution as its projection shows it."""
+
+    id: str
+    tenant: str
+    workflow: str
+    version: int
+    state: str
+    context: Mapping[str, JSON]
+    status: Status
+    seq: int
+    decided_seq: int
+    created_at: float
+    updated_at: float
+
+
+@attrs.frozen(kw_only=True)
+class HistoryEntry:
+    """One record of an execution's ledger, with its event id and, for events, how they were
+    processed."""
+
+    seq: int
+    kind: str
+    event_id: str
+    record: Record
+    status: str | None
+    outcome: str | None
+    detail: str | None
+    created_at: float
+    processed_at: float | None
+
+
+@attrs.frozen(kw_only=True)
+class EventInfo:
+    """Where an appended event stands: ``pending``, ``processed``, ``rejected`` or ``failed``,
+    with the rejection reason or failure and its detail."""
+
+    event_id: str
+    execution_id: str
+    seq: int
+    name: str
+    status: str
+    outcome: str | None
+    detail: str | None
+
+
+@attrs.frozen(kw_only=True)
+class Lease:
+    """A worker's hold on one execution: checked (and renewed) at every commit."""
+
+    owner: str
+    token: int
+    ttl: float
+
+
+def _digest(body: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class Engine:
+    """The ledgerflow engine over one store.
+
+    ``store`` is a :class:`SQLStore` or a database URL (default :data:`DEFAULT_DB`).
+    ``registry`` holds the actions steps may call (the built-in ones are added to it).
+    ``runner`` runs an applied transition's steps (by default one at a time, in dependency
+    order). ``clock`` gives the time for every timestamp the engine writes.
+    """
+
+    def __init__(
+        self,
+        store: SQLStore | str = DEFAULT_DB,
+        *,
+        registry: ActionRegistry | None = None,
+        runner: StepRunner | None = None,
+        clock: Callable[[], float] = time.time,
+        snapshot_every: int = 100,
+    ) -> None:
+        self.store = (
+            store
+            if isinstance(store, SQLStore)
+            else SQLStore(store, clock=clock, snapshot_every=snapshot_every)
+        )
+        self.registry = registry if registry is not None else ActionRegistry()
+        if "ledgerflow.record" not in self.registry:
+            register_builtin_actions(self.registry)
+        self.runner: StepRunner = runner or SequentialRunner(self.store, self.registry)
+        self.clock = clock
+        self._definitions: dict[tuple[str, int], Definition] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        self.store.close()
+
+    # ----------------------------------------------------------------------------------------
+    # Definitions
+    # ----------------------------------------------------------------------------------------
+
+    def register(self, source: Definition | Workflow | str | Path) -> Definition:
+        """Store a definition (a compiled one, a workflow, or a file path) under its name and
+        version, and return it compiled.
+
+        Registering the same definition again changes nothing. A different definition under a
+        name and version already registered raises :class:`DefinitionConflictError`: versions
+        are immutable, so executions pinned to one never see it change.
+        """
+        if isinstance(source, Definition):
+            definition = source
+        elif isinstance(source, Workflow):
+            definition = definitions_module.compile_workflow(source)
+        else:
+            definition = definitions_module.load(source)
+        problems = definitions_module.validate(
+            definition.workflow, source=definition.source, actions=self.registry
+        )
+        if problems:
+            raise DefinitionError(problems)
+        body = definitions_module.to_data(definition)
+        digest = _digest(body)
+        try:
+            with self.store.write() as conn:
+                existing = self.store.definition_hash(conn, definition.name, definition.version)
+                if existing is None:
+                    self.store.insert_definition(conn, definition.name, definition.version, body, digest)
+        except sa.exc.IntegrityError:
+            with self.store.read() as conn:
+                existing = self.store.definition_hash(conn, definition.name, definition.version)
+        if existing is not None and existing != digest:
+            raise DefinitionConflictError(
+                f"{definition.name} v{definition.version} is already registered with different "
+                "content; register the change as a new version"
+            )
+        with self._lock:
+            self._definitions[(definition.name, definition.version)] = definition
+        return definition
+
+    def definition(self, name: str, version: int | Literal["latest"] = "latest") -> Definition:
+        """The registered definition ``name`` at ``version`` (``"latest"``: the highest).
+
+        Raises :class:`WorkflowNotFoundError` if there is none.
+        """
+        if version == "latest":
+            latest = self.store.latest_version(name)
+            if latest is None:
+                raise WorkflowNotFoundError(f"no workflow named {name!r} is registered")
+            version = latest
+        with self._lock:
+            cached = self._definitions.get((name, version))
+        if cached is not None:
+            return cached
+        body = self.store.definition_body(name, version)
+        if body is None:
+            raise WorkflowNotFoundError(f"workflow {name!r} has no version {version}")
+        definition = definitions_module.compile_workflow(
+            definitions_module.parse(body, source=f"{name} v{version}"), source=f"{name} v{version}"
+        )
+        with self._lock:
+            self._definitions[(name, version)] = definition
+        return definition
+
+    def list_definitions(self) -> list[dict[str, Any]]:
+        """Every registered definition: name, version, hash and registration time."""
+        return [
+            {"name": n, "version": v, "hash": h, "registered_at": t}
+            for n, v, h, t in self.store.list_definitions()
+        ]
+
+    # ----------------------------------------------------------------------------------------
+    # Executions and events
+    # ----------------------------------------------------------------------------------------
+
+    def create_execution(
+        self,
+        workflow: str,
+        version: int | Literal["latest"] = "latest",
+        *,
+        tenant: str,
+        context: Mapping[str, JSON] | None = None,
+        execution_id: str | None = None,
+    ) -> str:
+        """Start an execution of ``workflow``, pinned to ``version`` (``"latest"`` resolves now,
+        once), for ``tenant``, with an initial ``context``; returns its id."""
+        _require_tenant(tenant)
+        if context is not None and not isinstance(context, Mapping):
+            raise InvalidInputError("the context must be a JSON object")
+        definition = self.definition(workflow, version)
+        started = machine.start(definition, context=dict(context or {}))
+        _require_json(started.context, "context")
+        state = machine.fold(definition, [started])
+        new_id = execution_id or uuid.uuid4().hex
+        with self.store.write() as conn:
+            self.store.insert_execution(conn, new_id, tenant, state, started)
+        return new_id
+
+    def enqueue_event(
+        self,
+        execution_id: str,
+        event: str,
+        *,
+        tenant: str,
+        role: str | None = None,
+        payload: Mapping[str, JSON] | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Append ``event`` to the execution's ledger for processing; returns its event id.
+
+        Returns once the event and its outbox record are committed in one transaction. A
+        repeated ``key`` (a client's retry) returns the first event's id and appends nothing.
+        Raises :class:`ExecutionNotFoundError` for an unknown execution (or another tenant's),
+        and :class:`InvalidEventError` for an event the pinned workflow version does not know or
+        a payload that breaks its schema; nothing is written then.
+        """
+        _require_tenant(tenant)
+        payload = dict(payload or {})
+        if role is not None and not isinstance(role, str):
+            raise InvalidInputError("role must be a string")
+        _require_json(payload, "payload")
+        with self.store.read() as conn:
+            row = self.store.execution_row(conn, execution_id, tenant)
+        if row is None:
+            raise ExecutionNotFoundError(f"execution {execution_id} not found")
+        definition = self.definition(row.workflow, row.version)
+        self._check_event(definition, event, payload)
+        for attempt in range(_COMMIT_ATTEMPTS):
+            try:
+                with self.store.write() as conn:
+                    if key is not None:
+                        existing = self.store.event_by_key(conn, execution_id, key)
+                        if existing is not None:
+                            return existing
+                    seq = self.store.last_seq(conn, execution_id) + 1
+                    record = EventReceived(seq=seq, name=event, payload=payload, role=role)
+                    (event_id,) = self.store.insert_records(
+                        conn, execution_id, tenant, [record], client_key=key
+                    )
+                    return event_id
+            except sa.exc.IntegrityError:
+                # another append took this seq (or this client key) first: look again
+                time.sleep(min(0.001 * 2**attempt, 0.05))
+            except sa.exc.OperationalError as exc:
+                if attempt + 1 == _COMMIT_ATTEMPTS or not _retryable(exc):
+                    raise StoreUnavailableError(f"event not appended: {exc.orig or exc}") from exc
+        raise StoreUnavailableError(
+            f"event not appended to {execution_id}: {_COMMIT_ATTEMPTS} concurrent appends won"
+        )
+
+    @staticmethod
+    def _check_event(definition: Definition, event: str, payload: Mapping[str, JSON]) -> None:
+        if not isinstance(event, str) or event not in definition.known_events:
+            known = ", ".join(sorted(definition.known_events))
+            raise InvalidEventError(
+                f"{definition.name} v{definition.version} has no event {event!r} (known: {known})"
+            )
+        errors = definition.payload_errors(event, payload)
+        if errors:
+            raise InvalidEventError(f"invalid payload for {event}: " + "; ".join(errors))
+
+    def get_execution(self, execution_id: str, *, tenant: str) -> Execution:
+        """The execution's projection. Raises :class:`ExecutionNotFoundError` if it does not
+        exist for ``tenant``."""
+        _require_tenant(tenant)
+        with self.store.read() as conn:
+            row = self.store.execution_row(conn, execution_id, tenant)
+        if row is None:
+            raise ExecutionNotFoundError(f"execution {execution_id} not found")
+        return Execution(
+            id=row.id,
+            tenant=row.tenant,
+            workflow=row.workflow,
+            version=row.version,
+            state=row.state,
+            context=row.context,
+            status=Status(row.status),
+            seq=row.projection_seq,
+            decided_seq=row.decided_seq,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def history(self, execution_id: str, *, tenant: str) -> list[HistoryEntry]:
+        """Every record of the execution's ledger, in seq order."""
+        _require_tenant(tenant)
+        with self.store.read() as conn:
+            if self.store.execution_row(conn, execution_id, tenant) is None:
+                raise ExecutionNotFoundError(f"execution {execution_id} not found")
+            stored = self.store.records(conn, execution_id, tenant)
+        return [
+            HistoryEntry(
+                seq=s.record.seq,
+                kind=s.record.kind,
+                event_id=s.event_id,
+                record=s.record,
+                status=s.status,
+                outcome=s.outcome,
+                detail=s.detail,
+                created_at=s.created_at,
+                processed_at=s.processed_at,
+            )
+            for s in stored
+        ]
+
+    def event_status(self, event_id: str, *, tenant: str) -> EventInfo:
+        """Where the event stands. Raises :class:`EventNotFoundError` if it does not exist for
+        ``tenant``."""
+        _require_tenant(tenant)
+        with self.store.read() as conn:
+            row = self.store.event_row(conn, event_id, tenant)
+        if row is None or row.kind != "event_received":
+            raise EventNotFoundError(f"event {event_id} not found")
+        return EventInfo(
+            event_id=row.event_id,
+            execution_id=row.execution_id,
+            seq=row.seq,
+            name=row.name,
+            status=row.status,
+            outcome=row.outcome,
+            detail=row.detail,
+        )
+
+    def replay(self, execution_id: str, *, tenant: str) -> State:
+        """The execution's state folded from its whole ledger, ignoring the projection: what
+        the projection must equal."""
+        entries = self.history(execution_id, tenant=tenant)
+        first = entries[0].record
+        assert first.kind == "execution_started"
+        definition = self.definition(first.workflow, first.version)  # type: ignore[union-attr]
+        return machine.fold(definition, [e.record for e in entries])
+
+    # ----------------------------------------------------------------------------------------
+    # Processing
+    # ----------------------------------------------------------------------------------------
+
+    def process(
+        self,
+        execution_id: str,
+        *,
+        tenant: str,
+        lease: Lease,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> int:
+        """Decide and carry out every pending event of the execution, in seq order, while
+        holding ``lease``; returns how many events were processed.
+
+        Each event's decision, step outcomes, status and the new projection commit in one
+        transaction, after the lease is checked: a worker that lost its lease writes nothing
+        (:class:`~ledgerflow.errors.LeaseLostError`). ``should_stop`` is asked between events,
+        so a stopping worker hands the execution back without leaving half an event recorded.
+        """
+        with self.store.read() as conn:
+            row = self.store.execution_row(conn, execution_id, tenant)
+            if row is None:
+                raise ExecutionNotFoundError(f"execution {execution_id} not found")
+            after = min(row.decided_seq, row.projection_seq)
+            tail = self.store.records(conn, execution_id, tenant, after=after)
+        definition = self.definition(row.workflow, row.version)
+        state = State(
+            workflow=row.workflow,
+            version=row.version,
+            name=row.state,
+            context=row.context,
+            status=Status(row.status),
+            seq=row.projection_seq,
+            decided_seq=row.decided_seq,
+        )
+        state = machine.fold(definition, [s.record for s in tail if s.record.seq > state.seq], state)
+        pending = [s for s in tail if s.record.kind == "event_received" and s.record.seq > state.decided_seq]
+        processed = 0
+        while not should_stop():
+            if not pending:
+                state, pending = self._settle(definition, execution_id, tenant, lease, state)
+                if not pending:
+                    break
+            current = pending.pop(0)
+            state, arrived = self._process_event(definition, execution_id, tenant, lease, state, current)
+            pending += arrived
+            processed += 1
+        return processed
+
+    def _settle(
+        self, definition: Definition, execution_id: str, tenant: str, lease: Lease, state: State
+    ) -> tuple[State, list[StoredRecord]]:
+        """With nothing left to decide: mark the execution's wake-ups handled, unless events
+        arrived meanwhile, which are returned to be processed."""
+        with self.store.write() as conn:
+            self.store.fence(conn, execution_id, lease.owner, lease.token, lease.ttl)
+            arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
+            waiting = [a for a in arrived if a.record.kind == "event_received"]
+            if not waiting:
+                self.store.mark_published(conn, execution_id, self.store.last_wakeup(conn, execution_id))
+        return machine.fold(definition, [a.record for a in arrived], state), waiting
+
+    def _process_event(
+        self,
+        definition: Definition,
+        execution_id: str,
+        tenant: str,
+        lease: Lease,
+        state: State,
+        stored: StoredRecord,
+    ) -> tuple[State, list[StoredRecord]]:
+        event = stored.record
+        assert isinstance(event, EventReceived)
+        decision = machine.decide(definition, state, event)
+        if isinstance(decision, Accepted):
+            compiled = next(ct for ct in definition.transitions if ct.id == decision.transition)
+            variables = {
+                "payload": dict(event.payload),
+                "context": dict(state.context),
+                "role": event.role,
+                "event": event.name,
+                "state": state.name,
+            }
+            result = self.runner.run(
+                StepJob(
+                    execution_id=execution_id,
+                    tenant=tenant,
+                    event_id=stored.event_id,
+                    steps=compiled.steps,
+                    variables=variables,
+                )
+            )
+            status = "failed" if result.failure else "processed"
+            outcome, detail = ("failed", result.failure) if result.failure else ("applied", decision.target)
+        else:
+            result = RunResult(outcomes=())
+            status, outcome, detail = "rejected", decision.reason.value, decision.detail
+        for attempt in range(_COMMIT_ATTEMPTS):
+            try:
+                with self.store.write() as conn:
+                    self.store.fence(conn, execution_id, lease.owner, lease.token, lease.ttl)
+                    arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
+                    base = machine.fold(definition, [a.record for a in arrived], state)
+                    new = _records(decision, result, event.seq, base.seq + 1)
+                    self.store.insert_records(conn, execution_id, tenant, new)
+                    after = machine.fold(definition, new, base)
+                    self.store.set_event_outcome(
+                        conn, execution_id, event.seq, status=status, outcome=outcome, detail=detail
+                    )
+                    self.store.save_projection(conn, execution_id, after)
+                    every = self.store.snapshot_every
+                    if every > 0 and after.seq // every > state.seq // every:
+                        self.store.save_snapshot(conn, execution_id, tenant, after)
+                    waiting = [a for a in arrived if a.record.kind == "event_received"]
+                    if not waiting:
+                        self.store.mark_published(conn, execution_id, self.store.last_wakeup(conn, execution_id))
+                return after, waiting
+            except sa.exc.IntegrityError:
+                log.debug("execution %s: a client appended during commit; retrying", execution_id)
+                time.sleep(min(0.001 * 2**attempt, 0.05))
+        raise LedgerflowError(f"execution {execution_id}: could not commit event {event.seq}")
+
+
+def _records(decision: Any, result: RunResult, event_seq: int, first_seq: int) -> list[Record]:
+    new: list[Record] = [decision.record(seq=first_seq, event_seq=event_seq)]
+    for outcome in result.outcomes:
+        seq = first_seq + len(new)
+        if outcome.status == "succeeded":
+            new.append(StepSucceeded(seq=seq, event_seq=event_seq, step_id=outcome.step_id, result=outcome.result, attempts=outcome.attempts))
+        elif outcome.status == "compensated":
+            new.append(StepCompensated(seq=seq, event_seq=event_seq, step_id=outcome.step_id, result=outcome.result))
+        else:
+            new.append(StepFailed(seq=seq, event_seq=event_seq, step_id=outcome.step_id, error=outcome.error, attempts=outcome.attempts))
+    if result.failure:
+        new.append(ExecutionFailed(seq=first_seq + len(new), event_seq=event_seq, reason=result.failure))
+    return new
+
+
+def _require_tenant(tenant: object) -> None:
+    if not isinstance(tenant, str) or not tenant.strip():
+        raise InvalidInputError("a tenant is required: a non-empty string")
+
+
+def _require_json(value: Any, what: str) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"the {what} must be JSON: {exc}") from exc
+
+
+def _retryable(exc: sa.exc.OperationalError) -> bool:
+    text = str(exc.orig or exc).lower()
+    return "locked" in text or "busy" in text or getattr(exc.orig, "sqlstate", "") in ("40001", "40P01")

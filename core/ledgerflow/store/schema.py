@@ -1,0 +1,135 @@
+"""The ledger's tables, for SQLite and PostgreSQL alike (SQLAlchemy Core).
+
+Every table that holds an execution's data carries its ``tenant``; every query the store makes
+filters on it. Times are seconds since the epoch (``DOUBLE PRECISION``), taken from the engine's
+injectable clock. The Alembic revisions under ``store/migrations`` create exactly these tables;
+``tests/store`` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+__all__ = [
+    "action_results",
+    "definitions",
+    "events",
+    "executions",
+    "leases",
+    "metadata",
+    "outbox",
+    "snapshots",
+]
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+JSONB = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+ID = sa.String(64)
+TENANT = sa.String(200)
+NAME = sa.String(200)
+
+definitions = sa.Table(
+    "lf_definitions",
+    metadata,
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("body", JSONB, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("registered_at", sa.Double, nullable=False),
+)
+
+executions = sa.Table(
+    "lf_executions",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant", TENANT, nullable=False),
+    sa.Column("workflow", NAME, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    # the projection: the state folded up to projection_seq, written by the worker that holds
+    # the lease; a cache of the ledger, never the truth
+    sa.Column("state", NAME, nullable=False),
+    sa.Column("context", JSONB, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("projection_seq", sa.Integer, nullable=False),
+    sa.Column("decided_seq", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Index(None, "tenant", "workflow", "status"),
+)
+
+events = sa.Table(
+    "lf_events",
+    metadata,
+    sa.Column("execution_id", ID, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("event_id", ID, nullable=False, unique=True),
+    sa.Column("tenant", TENANT, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("name", NAME),
+    sa.Column("body", JSONB, nullable=False),
+    sa.Column("role", NAME),
+    sa.Column("client_key", sa.String(200)),
+    # for event_received rows: pending, then processed / rejected / failed
+    sa.Column("status", sa.String(16)),
+    sa.Column("outcome", sa.String(32)),
+    sa.Column("detail", sa.Text),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("processed_at", sa.Double),
+    sa.UniqueConstraint("execution_id", "client_key"),
+    sa.Index(None, "status", "execution_id"),
+)
+
+outbox = sa.Table(
+    "lf_outbox",
+    metadata,
+    sa.Column("id", BIGINT, primary_key=True, autoincrement=True),
+    sa.Column("execution_id", ID, nullable=False),
+    sa.Column("tenant", TENANT, nullable=False),
+    sa.Column("event_id", ID, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("published_at", sa.Double),
+    sa.Index(None, "published_at", "id"),
+    sa.Index(None, "execution_id"),
+)
+
+action_results = sa.Table(
+    "lf_action_results",
+    metadata,
+    sa.Column("key", sa.String(300), primary_key=True),
+    sa.Column("tenant", TENANT, nullable=False),
+    sa.Column("execution_id", ID, nullable=False),
+    sa.Column("event_id", ID, nullable=False),
+    sa.Column("step_id", NAME, nullable=False),
+    sa.Column("action", NAME, nullable=False),
+    sa.Column("result", JSONB),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index(None, "tenant", "execution_id"),
+)
+
+leases = sa.Table(
+    "lf_leases",
+    metadata,
+    sa.Column("execution_id", ID, primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    # the fencing token: grows by one at every take-over, checked at every commit
+    sa.Column("token", BIGINT, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+)
+
+snapshots = sa.Table(
+    "lf_snapshots",
+    metadata,
+    sa.Column("execution_id", ID, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("tenant", TENANT, nullable=False),
+    sa.Column("state", JSONB, nullable=False),
+)

@@ -1,0 +1,677 @@
+"""The SQL event store: one implementation for SQLite (embedded, the default) and PostgreSQL.
+
+Transactions are explicit. On SQLite every write transaction starts with ``BEGIN IMMEDIATE`` (one
+writer at a time, waiting up to the busy timeout) and every read with ``BEGIN``, so reads are
+repeatable; the database runs in WAL mode with ``synchronous=FULL``, so a committed event
+survives a crash of the machine. On PostgreSQL (psycopg 3) transactions run at READ COMMITTED,
+claims use ``FOR UPDATE SKIP LOCKED``, and enqueued events ``NOTIFY`` waiting workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import StaticPool
+
+from ledgerflow.errors import LeaseLostError, SchemaError, StoreUnavailableError
+from ledgerflow.model import Record, State
+from ledgerflow.store import codec
+from ledgerflow.store.schema import (
+    action_results,
+    definitions,
+    events,
+    executions,
+    leases,
+    outbox,
+    snapshots,
+)
+
+__all__ = ["NOTIFY_CHANNEL", "SQLStore", "StoredRecord", "normalise_url"]
+
+NOTIFY_CHANNEL = "ledgerflow_wakeup"
+"""The PostgreSQL channel an enqueue notifies and idle workers listen on."""
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_HEAD = "0001"
+
+
+def normalise_url(url: str) -> str:
+    """``url`` with the driver ledgerflow uses: ``postgresql://`` means psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@attrs.frozen(kw_only=True)
+class StoredRecord:
+    """A ledger record as stored: the record plus its event id, status and times."""
+
+    record: Record
+    event_id: str
+    status: str | None
+    outcome: str | None
+    detail: str | None
+    client_key: str | None
+    created_at: float
+    processed_at: float | None
+
+
+def _sqlite_engine(url: str) -> Engine:
+    memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    if memory:
+        kwargs["poolclass"] = StaticPool
+    engine = sa.create_engine(url, **kwargs)
+
+    @sa_event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # take transaction control from the driver: SQLAlchemy's begin hook below says BEGIN
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa_event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+class SQLStore:
+    """The ledger in a SQL database, reached through SQLAlchemy.
+
+    ``url`` is a SQLAlchemy URL: ``sqlite:///path.db`` (the default), ``sqlite://`` (in memory,
+    for tests) or ``postgresql://user@host/db``. ``clock`` gives the time, in seconds since the
+    epoch, for every timestamp and lease the store writes.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        snapshot_every: int = 100,
+    ) -> None:
+        self.url = normalise_url(url)
+        self.clock = clock
+        self.snapshot_every = snapshot_every
+        try:
+            if self.url.startswith("sqlite"):
+                self.engine = _sqlite_engine(self.url)
+            else:
+                self.engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=10)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise StoreUnavailableError(f"cannot use database URL {url!r}: {exc}") from exc
+        self.dialect = self.engine.dialect.name
+
+    def __repr__(self) -> str:
+        return f"SQLStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    # ----------------------------------------------------------------------------------------
+    # Transactions
+    # ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self, isolation: str | None = None) -> Iterator[Connection]:
+        """A write transaction, committed when the block ends and rolled back on an error.
+
+        On SQLite it takes the write lock at once (``BEGIN IMMEDIATE``). ``isolation`` sets a
+        PostgreSQL isolation level for this transaction only.
+        """
+        with self._connect() as conn:
+            if self.dialect == "sqlite":
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            elif isolation is not None:
+                conn = conn.execution_options(isolation_level=isolation)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction: every read in it sees one snapshot of the database."""
+        with self._connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        try:
+            conn = self.engine.connect()
+        except sa.exc.OperationalError as exc:
+            raise StoreUnavailableError(
+                f"cannot reach the database at {self.engine.url.render_as_string()}: "
+                f"{_first_line(exc)}"
+            ) from exc
+        with conn:
+            yield conn
+
+    # ----------------------------------------------------------------------------------------
+    # Schema
+    # ----------------------------------------------------------------------------------------
+
+    def upgrade(self) -> str:
+        """Bring the schema to the newest revision (creating it on an empty database); returns
+        the revision now in place."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with self._connect() as conn:
+            if self.dialect == "sqlite":
+                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+            conn.commit()
+        return _HEAD
+
+    def revision(self) -> str | None:
+        """The schema revision in place, or ``None`` on a database ledgerflow never set up."""
+        with self.read() as conn:
+            if not sa.inspect(conn).has_table("lf_schema_version"):
+                return None
+            return conn.execute(sa.text("SELECT version_num FROM lf_schema_version")).scalar()
+
+    def check_schema(self) -> None:
+        """Raise :class:`SchemaError` unless the schema is at the revision this code needs."""
+        current = self.revision()
+        if current != _HEAD:
+            found = "no ledgerflow schema" if current is None else f"schema revision {current}"
+            raise SchemaError(
+                f"the database has {found}; this ledgerflow needs revision {_HEAD}: "
+                "run `ledgerflow db upgrade`"
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # Definitions
+    # ----------------------------------------------------------------------------------------
+
+    def definition_hash(self, conn: Connection, name: str, version: int) -> str | None:
+        """The hash of the definition stored as ``name`` ``version``, if any."""
+        return conn.execute(
+            sa.select(definitions.c.hash).where(
+                definitions.c.name == name, definitions.c.version == version
+            )
+        ).scalar()
+
+    def insert_definition(
+        self, conn: Connection, name: str, version: int, body: dict[str, Any], digest: str
+    ) -> None:
+        """Store a definition (the caller checked there is none under the same version)."""
+        conn.execute(
+            definitions.insert().values(
+                name=name, version=version, body=body, hash=digest, registered_at=self.clock()
+            )
+        )
+
+    def definition_body(self, name: str, version: int) -> dict[str, Any] | None:
+        """The stored body of ``name`` ``version``, if any."""
+        with self.read() as conn:
+            body: dict[str, Any] | None = conn.execute(
+                sa.select(definitions.c.body).where(
+                    definitions.c.name == name, definitions.c.version == version
+                )
+            ).scalar()
+            return body
+
+    def latest_version(self, name: str) -> int | None:
+        """The highest version registered for ``name``, if any."""
+        with self.read() as conn:
+            return conn.execute(
+                sa.select(sa.func.max(definitions.c.version)).where(definitions.c.name == name)
+            ).scalar()
+
+    def list_definitions(self) -> list[tuple[str, int, str, float]]:
+        """Every registered ``(name, version, hash, registered_at)``, by name then version."""
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(
+                    definitions.c.name,
+                    definitions.c.version,
+                    definitions.c.hash,
+                    definitions.c.registered_at,
+                ).order_by(definitions.c.name, definitions.c.version)
+            )
+            return [(r.name, r.version, r.hash, r.registered_at) for r in rows]
+
+    # ----------------------------------------------------------------------------------------
+    # Executions and the ledger
+    # ----------------------------------------------------------------------------------------
+
+    def insert_execution(
+        self, conn: Connection, execution_id: str, tenant: str, state: State, started: Record
+    ) -> None:
+        """Create an execution: its projection and the first record of its ledger."""
+        now = self.clock()
+        conn.execute(
+            executions.insert().values(
+                id=execution_id,
+                tenant=tenant,
+                workflow=state.workflow,
+                version=state.version,
+                state=state.name,
+                context=dict(state.context),
+                status=state.status.value,
+                projection_seq=state.seq,
+                decided_seq=state.decided_seq,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        self.insert_records(conn, execution_id, tenant, [started])
+
+    def execution_row(self, conn: Connection, execution_id: str, tenant: str) -> Any:
+        """The execution's row, or ``None`` if it does not exist for ``tenant``."""
+        return conn.execute(
+            sa.select(executions).where(
+                executions.c.id == execution_id, executions.c.tenant == tenant
+            )
+        ).first()
+
+    def last_seq(self, conn: Connection, execution_id: str) -> int:
+        """The highest seq in the execution's ledger (0 for none)."""
+        return int(
+            conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)).where(
+                    events.c.execution_id == execution_id
+                )
+            ).scalar_one()
+        )
+
+    def event_by_key(self, conn: Connection, execution_id: str, client_key: str) -> str | None:
+        """The id of the event appended with ``client_key``, if any."""
+        return conn.execute(
+            sa.select(events.c.event_id).where(
+                events.c.execution_id == execution_id, events.c.client_key == client_key
+            )
+        ).scalar()
+
+    def insert_records(
+        self,
+        conn: Connection,
+        execution_id: str,
+        tenant: str,
+        records: Sequence[Record],
+        *,
+        client_key: str | None = None,
+    ) -> list[str]:
+        """Append ``records`` at their seqs, in one round trip; an ``event_received`` record is
+        marked pending and gets an outbox row. Returns the new event ids.
+
+        A seq already taken raises :class:`sqlalchemy.exc.IntegrityError`: the optimistic
+        concurrency check on ``(execution_id, seq)``.
+        """
+        now = self.clock()
+        rows: list[dict[str, Any]] = []
+        wakeups: list[dict[str, Any]] = []
+        for record in records:
+            kind, body = codec.encode_record(record)
+            event_id = uuid.uuid4().hex
+            received = kind == "event_received"
+            rows.append(
+                {
+                    "execution_id": execution_id,
+                    "seq": record.seq,
+                    "event_id": event_id,
+                    "tenant": tenant,
+                    "kind": kind,
+                    "name": body.get("name") if received else None,
+                    "body": body,
+                    "role": body.get("role") if received else None,
+                    "client_key": client_key if received else None,
+                    "status": "pending" if received else None,
+                    "outcome": None,
+                    "detail": None,
+                    "created_at": now,
+                    "processed_at": None,
+                }
+            )
+            if received:
+                wakeups.append(
+                    {
+                        "execution_id": execution_id,
+                        "tenant": tenant,
+                        "event_id": event_id,
+                        "created_at": now,
+                    }
+                )
+        if rows:
+            conn.execute(events.insert(), rows)
+        if wakeups:
+            conn.execute(outbox.insert(), wakeups)
+            if self.dialect == "postgresql":
+                conn.execute(
+                    sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, execution_id))
+                )
+        return [row["event_id"] for row in rows]
+
+    def records(
+        self, conn: Connection, execution_id: str, tenant: str, *, after: int = 0
+    ) -> list[StoredRecord]:
+        """The execution's records with seq greater than ``after``, in seq order."""
+        rows = conn.execute(
+            sa.select(events)
+            .where(
+                events.c.execution_id == execution_id,
+                events.c.tenant == tenant,
+                events.c.seq > after,
+            )
+            .order_by(events.c.seq)
+        )
+        return [
+            StoredRecord(
+                record=codec.decode_record(r.kind, r.seq, r.body),
+                event_id=r.event_id,
+                status=r.status,
+                outcome=r.outcome,
+                detail=r.detail,
+                client_key=r.client_key,
+                created_at=r.created_at,
+                processed_at=r.processed_at,
+            )
+            for r in rows
+        ]
+
+    def event_row(self, conn: Connection, event_id: str, tenant: str) -> Any:
+        """The row of event ``event_id`` if it belongs to ``tenant``."""
+        return conn.execute(
+            sa.select(events).where(events.c.event_id == event_id, events.c.tenant == tenant)
+        ).first()
+
+    def set_event_outcome(
+        self,
+        conn: Connection,
+        execution_id: str,
+        seq: int,
+        *,
+        status: str,
+        outcome: str | None,
+        detail: str | None,
+    ) -> None:
+        """Record how the event at ``seq`` was decided and processed."""
+        conn.execute(
+            events.update()
+            .where(events.c.execution_id == execution_id, events.c.seq == seq)
+            .values(status=status, outcome=outcome, detail=detail, processed_at=self.clock())
+        )
+
+    def save_projection(self, conn: Connection, execution_id: str, state: State) -> None:
+        """Store ``state`` as the execution's projection, and as a snapshot every
+        ``snapshot_every`` records."""
+        conn.execute(
+            executions.update()
+            .where(executions.c.id == execution_id)
+            .values(
+                state=state.name,
+                context=dict(state.context),
+                status=state.status.value,
+                projection_seq=state.seq,
+                decided_seq=state.decided_seq,
+                updated_at=self.clock(),
+            )
+        )
+
+    def latest_snapshot(self, conn: Connection, execution_id: str, tenant: str) -> State | None:
+        """The newest snapshot of the execution, if any."""
+        body = conn.execute(
+            sa.select(snapshots.c.state)
+            .where(snapshots.c.execution_id == execution_id, snapshots.c.tenant == tenant)
+            .order_by(snapshots.c.seq.desc())
+            .limit(1)
+        ).scalar()
+        return None if body is None else codec.decode_state(body)
+
+    def save_snapshot(self, conn: Connection, execution_id: str, tenant: str, state: State) -> None:
+        """Store ``state`` as a snapshot at its seq."""
+        conn.execute(
+            snapshots.insert().values(
+                execution_id=execution_id,
+                tenant=tenant,
+                seq=state.seq,
+                state=codec.encode_state(state),
+            )
+        )
+
+    def snapshot_states(self, execution_id: str, tenant: str) -> list[State]:
+        """Every snapshot of the execution, oldest first."""
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(snapshots.c.state)
+                .where(snapshots.c.execution_id == execution_id, snapshots.c.tenant == tenant)
+                .order_by(snapshots.c.seq)
+            )
+            return [codec.decode_state(r.state) for r in rows]
+
+    # ----------------------------------------------------------------------------------------
+    # Wake-ups, leases and fencing
+    # ----------------------------------------------------------------------------------------
+
+    def claimable(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` ``(execution_id, tenant)`` with unpublished wake-ups and no live
+        lease, oldest wake-up first. On PostgreSQL the outbox rows are read with
+        ``FOR UPDATE SKIP LOCKED``, so concurrent workers are handed different executions."""
+        now = self.clock()
+        live = sa.exists().where(
+            leases.c.execution_id == outbox.c.execution_id, leases.c.expires_at > now
+        )
+        query = (
+            sa.select(outbox.c.execution_id, outbox.c.tenant)
+            .where(outbox.c.published_at.is_(None), ~live)
+            .order_by(outbox.c.id)
+            .limit(limit * 4)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=outbox)
+        with self.read() as conn:
+            found: dict[str, str] = {}
+            for row in conn.execute(query):
+                found.setdefault(row.execution_id, row.tenant)
+                if len(found) == limit:
+                    break
+            return list(found.items())
+
+    def pending_executions(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` ``(execution_id, tenant)`` whose ledger holds an undecided event and
+        no live lease: the sweep that finds work whose wake-up was lost."""
+        now = self.clock()
+        live = sa.exists().where(
+            leases.c.execution_id == events.c.execution_id, leases.c.expires_at > now
+        )
+        query = (
+            sa.select(events.c.execution_id, events.c.tenant)
+            .where(events.c.status == "pending", ~live)
+            .group_by(events.c.execution_id, events.c.tenant)
+            .limit(limit)
+        )
+        with self.read() as conn:
+            return [(r.execution_id, r.tenant) for r in conn.execute(query)]
+
+    def has_unleased_work(self) -> bool:
+        """Whether any execution with an unhandled wake-up or an undecided event is free of a
+        live lease: what a worker checks before deciding it is idle. Takes no locks."""
+        now = self.clock()
+        wake_live = sa.exists().where(
+            leases.c.execution_id == outbox.c.execution_id, leases.c.expires_at > now
+        )
+        event_live = sa.exists().where(
+            leases.c.execution_id == events.c.execution_id, leases.c.expires_at > now
+        )
+        with self.read() as conn:
+            wakeup = conn.execute(
+                sa.select(outbox.c.id).where(outbox.c.published_at.is_(None), ~wake_live).limit(1)
+            ).first()
+            if wakeup is not None:
+                return True
+            pending = conn.execute(
+                sa.select(events.c.seq).where(events.c.status == "pending", ~event_live).limit(1)
+            ).first()
+            return pending is not None
+
+    def mark_published(self, conn: Connection, execution_id: str, up_to: int) -> None:
+        """Mark the execution's wake-ups up to outbox id ``up_to`` as handled."""
+        conn.execute(
+            outbox.update()
+            .where(
+                outbox.c.execution_id == execution_id,
+                outbox.c.id <= up_to,
+                outbox.c.published_at.is_(None),
+            )
+            .values(published_at=self.clock())
+        )
+
+    def last_wakeup(self, conn: Connection, execution_id: str) -> int:
+        """The newest outbox id of the execution (0 for none)."""
+        return int(
+            conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(outbox.c.id), 0)).where(
+                    outbox.c.execution_id == execution_id
+                )
+            ).scalar_one()
+        )
+
+    def take_lease(self, execution_id: str, owner: str, ttl: float) -> int | None:
+        """Take the execution's lease for ``ttl`` seconds if it is free or expired; returns the
+        new fencing token, or ``None`` if it is held (by anyone, ``owner`` included: two threads
+        of one worker never share an execution)."""
+        now = self.clock()
+        try:
+            with self.write() as conn:
+                query = sa.select(leases).where(leases.c.execution_id == execution_id)
+                if self.dialect == "postgresql":
+                    query = query.with_for_update()
+                row = conn.execute(query).first()
+                if row is None:
+                    conn.execute(
+                        leases.insert().values(
+                            execution_id=execution_id, owner=owner, token=1, expires_at=now + ttl
+                        )
+                    )
+                    return 1
+                if row.expires_at > now:
+                    return None
+                token = int(row.token) + 1
+                conn.execute(
+                    leases.update()
+                    .where(leases.c.execution_id == execution_id)
+                    .values(owner=owner, token=token, expires_at=now + ttl)
+                )
+                return token
+        except sa.exc.IntegrityError:
+            return None  # another worker inserted the lease first
+
+    def fence(self, conn: Connection, execution_id: str, owner: str, token: int, ttl: float) -> None:
+        """Inside a write transaction: renew the lease, or raise :class:`LeaseLostError` if
+        ``owner`` no longer holds it with ``token``. Every commit of a worker passes here."""
+        renewed = conn.execute(
+            leases.update()
+            .where(
+                leases.c.execution_id == execution_id,
+                leases.c.owner == owner,
+                leases.c.token == token,
+            )
+            .values(expires_at=self.clock() + ttl)
+        ).rowcount
+        if renewed != 1:
+            raise LeaseLostError(
+                f"execution {execution_id}: lease {token} of {owner} was taken over"
+            )
+
+    def renew_lease(self, execution_id: str, owner: str, token: int, ttl: float) -> bool:
+        """Extend a held lease; ``False`` if it was lost."""
+        try:
+            with self.write() as conn:
+                self.fence(conn, execution_id, owner, token, ttl)
+        except LeaseLostError:
+            return False
+        return True
+
+    def release_lease(self, execution_id: str, owner: str, token: int) -> None:
+        """Give the lease up at once (the token stays, so fencing keeps counting up)."""
+        with self.write() as conn:
+            conn.execute(
+                leases.update()
+                .where(
+                    leases.c.execution_id == execution_id,
+                    leases.c.owner == owner,
+                    leases.c.token == token,
+                )
+                .values(expires_at=0.0)
+            )
+
+    # ----------------------------------------------------------------------------------------
+    # Action results
+    # ----------------------------------------------------------------------------------------
+
+    def action_result(self, conn: Connection, key: str) -> tuple[bool, Any]:
+        """``(True, result)`` if a result is recorded under idempotency ``key``, else
+        ``(False, None)``."""
+        row = conn.execute(
+            sa.select(action_results.c.result).where(action_results.c.key == key)
+        ).first()
+        return (False, None) if row is None else (True, row.result)
+
+    def insert_action_result(
+        self,
+        conn: Connection,
+        *,
+        key: str,
+        tenant: str,
+        execution_id: str,
+        event_id: str,
+        step_id: str,
+        action: str,
+        result: Any,
+        attempts: int,
+    ) -> None:
+        """Record an action's result under its idempotency key. A second record under the same
+        key raises :class:`sqlalchemy.exc.IntegrityError`: the key is unique."""
+        conn.execute(
+            action_results.insert().values(
+                key=key,
+                tenant=tenant,
+                execution_id=execution_id,
+                event_id=event_id,
+                step_id=step_id,
+                action=action,
+                result=result,
+                attempts=attempts,
+                created_at=self.clock(),
+            )
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Counting, for status and tests
+    # ----------------------------------------------------------------------------------------
+
+    def row_counts(self) -> dict[str, int]:
+        """The number of rows in each ledgerflow table."""
+        tables = (definitions, executions, events, outbox, action_results, leases, snapshots)
+        with self.read() as conn:
+            return {
+                t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+                for t in tables
+            }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

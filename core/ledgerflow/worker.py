@@ -1,0 +1,233 @@
+"""The worker: takes executions with pending events, one lease at a time, and processes them.
+
+Wake-ups come from the transport (by default the database's outbox; on PostgreSQL a
+``LISTEN`` wakes idle workers at once). A periodic sweep of undecided events finds work whose
+wake-up was lost. Each execution is processed under a lease that is renewed while work runs and
+checked at every commit; a lease left by a killed worker expires and is taken over.
+
+``stop()`` (or SIGTERM / SIGINT in ``ledgerflow worker``) lets each thread finish the event in
+hand, releases the leases, and returns; nothing is half-recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import attrs
+
+from ledgerflow.engine import Engine, Lease
+from ledgerflow.errors import LeaseLostError, LedgerflowError, StoreUnavailableError
+from ledgerflow.store.sql import NOTIFY_CHANNEL
+
+__all__ = ["Worker", "WorkerStats"]
+
+log = logging.getLogger("ledgerflow.worker")
+
+
+@attrs.define(kw_only=True)
+class WorkerStats:
+    """What a worker did: executions taken, events processed, errors met."""
+
+    executions: int = 0
+    events: int = 0
+    errors: int = 0
+    leases_lost: int = 0
+
+
+class Worker:
+    """Processes pending events of ``engine``'s store with ``concurrency`` threads.
+
+    ``lease_ttl`` is how long a lease lives without renewal (a killed worker's executions are
+    taken over after it); ``poll_interval`` how long an idle thread waits for a wake-up before
+    looking again; ``sweep_interval`` how often undecided events are swept for lost wake-ups.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        concurrency: int = 1,
+        lease_ttl: float = 30.0,
+        poll_interval: float = 0.5,
+        sweep_interval: float = 5.0,
+        name: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if lease_ttl <= 0 or poll_interval <= 0:
+            raise ValueError("lease_ttl and poll_interval must be positive")
+        self.engine = engine
+        self.store = engine.store
+        self.concurrency = concurrency
+        self.lease_ttl = lease_ttl
+        self.poll_interval = poll_interval
+        self.sweep_interval = sweep_interval
+        self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stats = WorkerStats()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+        self._busy = 0
+        self._idle_passes = 0
+        self._last_sweep = 0.0
+
+    # ----------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask every thread to finish the event in hand and return."""
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
+
+    def run(self, *, until_idle: bool = False) -> WorkerStats:
+        """Process work until :meth:`stop`, or, with ``until_idle``, until no work is left."""
+        self.store.check_schema()
+        threads = [
+            threading.Thread(target=self._loop, args=(until_idle,), name=f"ledgerflow-worker-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        helpers = [threading.Thread(target=self._renew_leases, name="ledgerflow-lease-renewer", daemon=True)]
+        if self.store.dialect == "postgresql" and not until_idle:
+            helpers.append(threading.Thread(target=self._listen, name="ledgerflow-listener", daemon=True))
+        log.info("worker %s started with %d threads", self.id, self.concurrency)
+        for thread in [*threads, *helpers]:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.5)
+        finally:
+            self.stop()
+            for thread in helpers:
+                thread.join(timeout=5)
+        log.info("worker %s stopped: %s", self.id, self.stats)
+        return self.stats
+
+    def run_once(self) -> int:
+        """Process whatever work is available now, in this thread; returns the number of
+        events processed. For scripts and tests."""
+        before = self.stats.events
+        while self._work_once():
+            pass
+        return self.stats.events - before
+
+    # ----------------------------------------------------------------------------------------
+
+    def _loop(self, until_idle: bool) -> None:
+        backoff = self.poll_interval
+        while not self._stopping.is_set():
+            try:
+                worked = self._work_once()
+                backoff = self.poll_interval
+            except StoreUnavailableError as exc:
+                log.warning("worker %s: store unavailable, retrying in %.1fs: %s", self.id, backoff, exc)
+                self._count(errors=1)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if worked:
+                continue
+            if until_idle and self._all_idle():
+                self.stop()
+                return
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+
+    def _all_idle(self) -> bool:
+        with self._lock:
+            if self._busy:
+                return False
+        # no thread busy here, and nothing left that another worker's lease does not cover
+        return not self.store.has_unleased_work()
+
+    def _candidates(self) -> list[tuple[str, str]]:
+        found = self.store.claimable(self.concurrency)
+        now = time.monotonic()
+        if not found and now - self._last_sweep >= self.sweep_interval:
+            self._last_sweep = now
+            found = self.store.pending_executions(self.concurrency)
+        return found
+
+    def _work_once(self) -> bool:
+        for execution_id, tenant in self._candidates():
+            if self._stopping.is_set():
+                return False
+            token = self.store.take_lease(execution_id, self.id, self.lease_ttl)
+            if token is None:
+                continue
+            self._run_leased(execution_id, tenant, token)
+            return True
+        return False
+
+    def _run_leased(self, execution_id: str, tenant: str, token: int) -> None:
+        with self._lock:
+            self._busy += 1
+            self._held[execution_id] = token
+        try:
+            count = self.engine.process(
+                execution_id,
+                tenant=tenant,
+                lease=Lease(owner=self.id, token=token, ttl=self.lease_ttl),
+                should_stop=self._stopping.is_set,
+            )
+            self._count(executions=1, events=count)
+        except LeaseLostError as exc:
+            self._count(leases_lost=1)
+            log.warning("worker %s: %s", self.id, exc)
+        except StoreUnavailableError:
+            raise
+        except LedgerflowError as exc:
+            self._count(errors=1)
+            log.error("worker %s: execution %s: %s", self.id, execution_id, exc)
+        except Exception:
+            self._count(errors=1)
+            log.exception("worker %s: unexpected error in execution %s", self.id, execution_id)
+        finally:
+            with self._lock:
+                self._held.pop(execution_id, None)
+                self._busy -= 1
+            try:
+                self.store.release_lease(execution_id, self.id, token)
+            except LedgerflowError as exc:  # it expires by itself
+                log.warning("worker %s: could not release %s: %s", self.id, execution_id, exc)
+
+    def _count(self, **increments: int) -> None:
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
+
+    def _renew_leases(self) -> None:
+        while not self._stopping.wait(self.lease_ttl / 3):
+            with self._lock:
+                held = dict(self._held)
+            for execution_id, token in held.items():
+                try:
+                    if not self.store.renew_lease(execution_id, self.id, token, self.lease_ttl):
+                        log.warning("worker %s: lease on %s was lost", self.id, execution_id)
+                except LedgerflowError as exc:
+                    log.warning("worker %s: renewing %s failed: %s", self.id, execution_id, exc)
+
+    def _listen(self) -> None:
+        """Wake idle threads on PostgreSQL notifications; on any trouble fall back to polling."""
+        import psycopg
+
+        url = self.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self._wake.set()
+            except psycopg.Error as exc:
+                log.warning("worker %s: LISTEN failed, polling meanwhile: %s", self.id, exc)
+                self._stopping.wait(self.poll_interval * 4)

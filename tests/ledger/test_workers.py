@@ -1,0 +1,119 @@
+"""Real worker subprocesses on a real database: no overlap, recovery after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from apps import counting_app
+
+from ledgerflow.engine import Engine
+
+TESTS = Path(__file__).resolve().parents[1]
+TENANT = "acme"
+
+
+@pytest.fixture
+def counting(db_url: str) -> Iterator[Engine]:
+    engine = Engine(db_url)
+    counting_app.setup(engine)
+    with engine.store.write() as conn:
+        conn.execute(counting_app.hits.delete())
+    yield engine
+    engine.close()
+
+
+def worker(db_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
+    environment = {**os.environ, "PYTHONPATH": str(TESTS), **env}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ledgerflow",
+            "--db",
+            db_url,
+            "--app",
+            "apps.counting_app",
+            "worker",
+            "--poll-interval",
+            "0.05",
+            *args,
+        ],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def hit_rows(engine: Engine) -> list[sa.Row[tuple[object, ...]]]:
+    with engine.store.read() as conn:
+        return list(conn.execute(sa.select(counting_app.hits).order_by(counting_app.hits.c.started)))
+
+
+def test_two_worker_processes_never_work_on_one_execution_at_once(counting: Engine) -> None:
+    executions = [counting.create_execution("Counting", tenant=TENANT) for _ in range(6)]
+    for n in range(5):
+        for execution_id in executions:
+            counting.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": n})
+    procs = [
+        worker(counting.store.url, "--until-idle", "--concurrency", "2", COUNTING_STEP_SECONDS="0.01")
+        for _ in range(2)
+    ]
+    errors = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        errors.append(err)
+    rows = hit_rows(counting)
+    statuses = [
+        (h.seq, h.kind, h.status, h.detail)
+        for x in executions
+        for h in counting.history(x, tenant=TENANT)
+        if h.kind in ("event_received", "step_failed")
+    ]
+    assert len(rows) == 30, (statuses, errors)  # every effect exactly once
+    assert len({r.key for r in rows}) == 30
+    for execution_id in executions:
+        mine = [r for r in rows if r.execution_id == execution_id]
+        assert [r.n for r in mine] == list(range(5))  # in ledger order
+        for earlier, later in zip(mine, mine[1:], strict=False):
+            assert earlier.finished <= later.started  # one at a time
+        history = counting.history(execution_id, tenant=TENANT)
+        assert all(h.status == "processed" for h in history if h.kind == "event_received")
+        assert [h.seq for h in history] == list(range(1, len(history) + 1))
+
+
+def test_a_worker_killed_mid_action_is_recovered_by_another(counting: Engine, tmp_path: Path) -> None:
+    execution_id = counting.create_execution("Counting", tenant=TENANT)
+    event_id = counting.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": 7})
+    marker = tmp_path / "hanging"
+    doomed = worker(counting.store.url, "--lease-ttl", "1", COUNTING_HANG_MARKER=str(marker))
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        if doomed.poll() is not None:
+            pytest.fail(f"the worker exited early: {doomed.communicate()[1]}")
+        assert time.monotonic() < deadline, "the worker never reached the action"
+        time.sleep(0.05)
+    # the effect is written inside the action's transaction, not yet committed
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=30)
+    assert doomed.returncode == -signal.SIGKILL
+    assert hit_rows(counting) == []
+    assert counting.event_status(event_id, tenant=TENANT).status == "pending"
+    time.sleep(1.5)  # let the dead worker's lease expire
+    rescuer = worker(counting.store.url, "--until-idle", "--lease-ttl", "1")
+    _, err = rescuer.communicate(timeout=120)
+    assert rescuer.returncode == 0, err
+    rows = hit_rows(counting)
+    assert [(r.n, r.key) for r in rows] == [(7, f"{execution_id}:{event_id}:hit")]
+    assert counting.event_status(event_id, tenant=TENANT).status == "processed"
+    kinds = [h.kind for h in counting.history(execution_id, tenant=TENANT)]
+    assert kinds.count("step_succeeded") == 1
