@@ -1,12 +1,25 @@
-"""Shared fixtures: the example definitions shipped in contrib/."""
+"""Shared fixtures: the example definitions shipped in contrib/, and stores.
+
+Ledger tests run on SQLite and on a real PostgreSQL, reached at ``LEDGERFLOW_TEST_PG`` (default:
+the local server on 127.0.0.1:5432, user postgres). When it cannot be reached the PostgreSQL
+tests fail; they never skip.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+import sqlalchemy as sa
 
 import ledgerflow
+from ledgerflow.engine import Engine
+from ledgerflow.store.schema import metadata
+from ledgerflow.store.sql import SQLStore
 
 ROOT = Path(__file__).resolve().parent.parent
 INVOICE_APPROVAL = ROOT / "contrib" / "examples" / "invoice_approval" / "invoice_approval.yaml"
@@ -22,3 +35,59 @@ def invoice_path() -> Path:
 def invoice() -> ledgerflow.Definition:
     """The InvoiceApproval example, loaded and compiled."""
     return ledgerflow.load(INVOICE_APPROVAL)
+
+
+PG_ADMIN = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    name = f"ledgerflow_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is required for these tests and is not reachable at {PG_ADMIN}: {exc}"
+        )
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    store = SQLStore(url)
+    store.upgrade()
+    store.close()
+    yield url
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _truncate(url: str) -> None:
+    engine = sa.create_engine(ledgerflow.store.normalise_url(url))
+    with engine.begin() as conn:
+        names = ", ".join(t.name for t in metadata.sorted_tables)
+        conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY")
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL with an up-to-date, empty schema: an SQLite file, or the session's
+    PostgreSQL database emptied."""
+    if request.param == "sqlite":
+        path = f"sqlite:///{tmp_path}/ledger.db"
+        store = SQLStore(path)
+        store.upgrade()
+        store.close()
+        return path
+    url: str = request.getfixturevalue("pg_url")
+    _truncate(url)
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """An engine on ``db_url`` with the InvoiceApproval example registered."""
+    engine = Engine(db_url, snapshot_every=4)
+    engine.register(INVOICE_APPROVAL)
+    yield engine
+    engine.close()

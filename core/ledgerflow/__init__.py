@@ -10,9 +10,27 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ledgerflow import store
-
 from ledgerflow.definitions import Definition, compile_workflow, load, loads, validate
-from ledgerflow.errors import DefinitionError, ExpressionError, LedgerError, LedgerflowError
+from ledgerflow.engine import Engine, EventInfo, Execution, HistoryEntry
+from ledgerflow.errors import (
+    ActionRegistrationError,
+    DefinitionConflictError,
+    DefinitionError,
+    EventNotFoundError,
+    ExecutionNotFoundError,
+    ExpressionError,
+    InvalidEventError,
+    InvalidInputError,
+    InvalidParametersError,
+    LeaseLostError,
+    LedgerError,
+    LedgerflowError,
+    NotFoundError,
+    SchemaError,
+    StoreUnavailableError,
+    UnknownActionError,
+    WorkflowNotFoundError,
+)
 from ledgerflow.machine import apply, decide, fold, simulate, start
 from ledgerflow.model import (
     ANY_STATE,
@@ -41,6 +59,8 @@ from ledgerflow.model import (
     TransitionApplied,
     Workflow,
 )
+from ledgerflow.registry import Action, ActionContext, ActionRegistry, Isolation, Param
+from ledgerflow.worker import Worker
 
 try:
     __version__ = version("ledgerflow")
@@ -50,34 +70,57 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 __all__ = [
     "ANY_STATE",
     "Accepted",
+    "Action",
+    "ActionContext",
+    "ActionRegistrationError",
+    "ActionRegistry",
     "Backoff",
     "Compensation",
     "Decision",
     "Definition",
+    "DefinitionConflictError",
     "DefinitionError",
+    "Engine",
     "Event",
+    "EventInfo",
+    "EventNotFoundError",
     "EventReceived",
     "EventRejected",
     "EventSpec",
+    "Execution",
     "ExecutionFailed",
+    "ExecutionNotFoundError",
     "ExecutionStarted",
     "ExpressionError",
+    "HistoryEntry",
+    "InvalidEventError",
+    "InvalidInputError",
+    "InvalidParametersError",
+    "Isolation",
+    "LeaseLostError",
     "LedgerError",
     "LedgerflowError",
+    "NotFoundError",
     "OnError",
+    "Param",
     "Problem",
     "Record",
     "RejectReason",
     "Rejected",
+    "SchemaError",
     "State",
     "Status",
     "Step",
     "StepCompensated",
     "StepFailed",
     "StepSucceeded",
+    "StoreUnavailableError",
     "Transition",
     "TransitionApplied",
+    "UnknownActionError",
+    "Worker",
     "Workflow",
+    "WorkflowNotFoundError",
     "__version__",
     "apply",
     "compile_workflow",
@@ -87,5 +130,6 @@ __all__ = [
     "loads",
     "simulate",
     "start",
+    "store",
     "validate",
 ]

@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -199,7 +199,9 @@ def register_command(settings: _Settings, files: Sequence[Path], as_json: bool) 
     registered = []
     for path in files:
         definition = engine.register(path)
-        registered.append({"file": str(path), "workflow": definition.name, "version": definition.version})
+        registered.append(
+            {"file": str(path), "workflow": definition.name, "version": definition.version}
+        )
     if as_json:
         _echo_json(registered)
     else:
@@ -240,12 +242,19 @@ def upgrade_command(settings: _Settings, as_json: bool) -> None:
 @cli.command("start")
 @click.argument("workflow_name", metavar="NAME")
 @tenant_option
-@click.option("--version", "version", default="latest", show_default=True, help="A version number, or latest.")
+@click.option(
+    "--version", "version", default="latest", show_default=True, help="A version number, or latest."
+)
 @click.option("--context", "context", default=None, help="Initial context, a JSON object.")
 @json_flag
 @pass_settings
 def start_command(
-    settings: _Settings, workflow_name: str, tenant: str, version: str, context: str | None, as_json: bool
+    settings: _Settings,
+    workflow_name: str,
+    tenant: str,
+    version: str,
+    context: str | None,
+    as_json: bool,
 ) -> None:
     """Start an execution of workflow NAME; prints its id."""
     if version != "latest" and not version.isdigit():
@@ -268,7 +277,9 @@ def start_command(
 @tenant_option
 @click.option("--role", default=None, help="The sender's role.")
 @click.option("--payload", default=None, help="The event's payload, a JSON object.")
-@click.option("--key", default=None, help="A client key: sending it again returns the same event id.")
+@click.option(
+    "--key", default=None, help="A client key: sending it again returns the same event id."
+)
 @json_flag
 @pass_settings
 def send_command(
@@ -283,7 +294,12 @@ def send_command(
 ) -> None:
     """Append EVENT to EXECUTION's ledger; prints the event id."""
     event_id = settings.engine().enqueue_event(
-        execution_id, event, tenant=tenant, role=role, payload=_json_option(payload, "--payload"), key=key
+        execution_id,
+        event,
+        tenant=tenant,
+        role=role,
+        payload=_json_option(payload, "--payload"),
+        key=key,
     )
     if as_json:
         _echo_json({"event_id": event_id})
@@ -292,14 +308,29 @@ def send_command(
 
 
 @cli.command("worker")
-@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1), help="Threads.")
+@click.option(
+    "--concurrency", default=1, show_default=True, type=click.IntRange(min=1), help="Threads."
+)
 @click.option("--until-idle", is_flag=True, help="Exit when no work is left.")
-@click.option("--lease-ttl", default=30.0, show_default=True, type=click.FloatRange(min=0.5), help="Seconds.")
-@click.option("--poll-interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01), help="Seconds.")
+@click.option(
+    "--lease-ttl", default=30.0, show_default=True, type=click.FloatRange(min=0.5), help="Seconds."
+)
+@click.option(
+    "--poll-interval",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds.",
+)
 @json_flag
 @pass_settings
 def worker_command(
-    settings: _Settings, concurrency: int, until_idle: bool, lease_ttl: float, poll_interval: float, as_json: bool
+    settings: _Settings,
+    concurrency: int,
+    until_idle: bool,
+    lease_ttl: float,
+    poll_interval: float,
+    as_json: bool,
 ) -> None:
     """Process pending events; SIGTERM or SIGINT stops it after the event in hand."""
     from ledgerflow.worker import Worker
@@ -314,11 +345,18 @@ def worker_command(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     stats = worker.run(until_idle=until_idle)
-    summary = {"worker": worker.id, "executions": stats.executions, "events": stats.events, "errors": stats.errors}
+    summary = {
+        "worker": worker.id,
+        "executions": stats.executions,
+        "events": stats.events,
+        "errors": stats.errors,
+    }
     if as_json:
         _echo_json(summary)
     else:
-        click.echo(f"worker {worker.id} processed {stats.events} events in {stats.executions} executions")
+        click.echo(
+            f"worker {worker.id} processed {stats.events} events in {stats.executions} executions"
+        )
 
 
 @cli.group(cls=_Group)
@@ -346,7 +384,9 @@ def _execution_data(engine: Engine, execution_id: str, tenant: str) -> dict[str,
 @tenant_option
 @json_flag
 @pass_settings
-def show_execution_command(settings: _Settings, execution_id: str, tenant: str, as_json: bool) -> None:
+def show_execution_command(
+    settings: _Settings, execution_id: str, tenant: str, as_json: bool
+) -> None:
     """Show an execution's current state and context."""
     data = _execution_data(settings.engine(), execution_id, tenant)
     if as_json:
@@ -453,7 +493,13 @@ def _example_path() -> Path:
     if packaged.is_file():
         return Path(str(packaged))
     # running from a source checkout
-    return Path(__file__).resolve().parents[2] / "contrib" / "examples" / "invoice_approval" / "invoice_approval.yaml"
+    return (
+        Path(__file__).resolve().parents[2]
+        / "contrib"
+        / "examples"
+        / "invoice_approval"
+        / "invoice_approval.yaml"
+    )
 
 
 @cli.command("demo")
@@ -475,10 +521,21 @@ def demo_command(as_json: bool) -> None:
                 "CreateInvoice",
                 tenant=tenant,
                 role="clerk",
-                payload={"invoice": {"id": "INV-1001", "total": 1250.0, "customer_id": "C-42", "currency": "EUR"}},
+                payload={
+                    "invoice": {
+                        "id": "INV-1001",
+                        "total": 1250.0,
+                        "customer_id": "C-42",
+                        "currency": "EUR",
+                    }
+                },
             )
             engine.enqueue_event(
-                execution_id, "ApproveInvoice", tenant=tenant, role="manager", payload={"approved_by": "maria"}
+                execution_id,
+                "ApproveInvoice",
+                tenant=tenant,
+                role="manager",
+                payload={"approved_by": "maria"},
             )
             Worker(engine, poll_interval=0.05).run(until_idle=True)
             rows = _history_data(engine.history(execution_id, tenant=tenant))
@@ -494,11 +551,15 @@ def demo_command(as_json: bool) -> None:
     if as_json:
         _echo_json({"ledger": rows, "execution": final, "replay_matches_projection": consistent})
         return
-    click.echo(f"InvoiceApproval on a temporary SQLite ledger, tenant {tenant}, execution {execution_id}\n")
+    click.echo(
+        f"InvoiceApproval on a temporary SQLite ledger, tenant {tenant}, execution {execution_id}\n"
+    )
     _print_ledger(rows)
     click.echo(f"\nfinal state: {final['state']} ({final['status']})")
     click.echo("context: " + json.dumps(final["context"], sort_keys=True))
-    click.echo("replaying the ledger from zero gives the same state: " + ("yes" if consistent else "NO"))
+    click.echo(
+        "replaying the ledger from zero gives the same state: " + ("yes" if consistent else "NO")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -187,7 +187,9 @@ class Engine:
             with self.store.write() as conn:
                 existing = self.store.definition_hash(conn, definition.name, definition.version)
                 if existing is None:
-                    self.store.insert_definition(conn, definition.name, definition.version, body, digest)
+                    self.store.insert_definition(
+                        conn, definition.name, definition.version, body, digest
+                    )
         except sa.exc.IntegrityError:
             with self.store.read() as conn:
                 existing = self.store.definition_hash(conn, definition.name, definition.version)
@@ -428,8 +430,14 @@ class Engine:
             seq=row.projection_seq,
             decided_seq=row.decided_seq,
         )
-        state = machine.fold(definition, [s.record for s in tail if s.record.seq > state.seq], state)
-        pending = [s for s in tail if s.record.kind == "event_received" and s.record.seq > state.decided_seq]
+        state = machine.fold(
+            definition, [s.record for s in tail if s.record.seq > state.seq], state
+        )
+        pending = [
+            s
+            for s in tail
+            if s.record.kind == "event_received" and s.record.seq > state.decided_seq
+        ]
         processed = 0
         while not should_stop():
             if not pending:
@@ -437,7 +445,9 @@ class Engine:
                 if not pending:
                     break
             current = pending.pop(0)
-            state, arrived = self._process_event(definition, execution_id, tenant, lease, state, current)
+            state, arrived = self._process_event(
+                definition, execution_id, tenant, lease, state, current
+            )
             pending += arrived
             processed += 1
         return processed
@@ -452,7 +462,9 @@ class Engine:
             arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
             waiting = [a for a in arrived if a.record.kind == "event_received"]
             if not waiting:
-                self.store.mark_published(conn, execution_id, self.store.last_wakeup(conn, execution_id))
+                self.store.mark_published(
+                    conn, execution_id, self.store.last_wakeup(conn, execution_id)
+                )
         return machine.fold(definition, [a.record for a in arrived], state), waiting
 
     def _process_event(
@@ -486,7 +498,9 @@ class Engine:
                 )
             )
             status = "failed" if result.failure else "processed"
-            outcome, detail = ("failed", result.failure) if result.failure else ("applied", decision.target)
+            outcome, detail = (
+                ("failed", result.failure) if result.failure else ("applied", decision.target)
+            )
         else:
             result = RunResult(outcomes=())
             status, outcome, detail = "rejected", decision.reason.value, decision.detail
@@ -508,7 +522,9 @@ class Engine:
                         self.store.save_snapshot(conn, execution_id, tenant, after)
                     waiting = [a for a in arrived if a.record.kind == "event_received"]
                     if not waiting:
-                        self.store.mark_published(conn, execution_id, self.store.last_wakeup(conn, execution_id))
+                        self.store.mark_published(
+                            conn, execution_id, self.store.last_wakeup(conn, execution_id)
+                        )
                 return after, waiting
             except sa.exc.IntegrityError:
                 log.debug("execution %s: a client appended during commit; retrying", execution_id)
@@ -521,13 +537,35 @@ def _records(decision: Any, result: RunResult, event_seq: int, first_seq: int) -
     for outcome in result.outcomes:
         seq = first_seq + len(new)
         if outcome.status == "succeeded":
-            new.append(StepSucceeded(seq=seq, event_seq=event_seq, step_id=outcome.step_id, result=outcome.result, attempts=outcome.attempts))
+            new.append(
+                StepSucceeded(
+                    seq=seq,
+                    event_seq=event_seq,
+                    step_id=outcome.step_id,
+                    result=outcome.result,
+                    attempts=outcome.attempts,
+                )
+            )
         elif outcome.status == "compensated":
-            new.append(StepCompensated(seq=seq, event_seq=event_seq, step_id=outcome.step_id, result=outcome.result))
+            new.append(
+                StepCompensated(
+                    seq=seq, event_seq=event_seq, step_id=outcome.step_id, result=outcome.result
+                )
+            )
         else:
-            new.append(StepFailed(seq=seq, event_seq=event_seq, step_id=outcome.step_id, error=outcome.error, attempts=outcome.attempts))
+            new.append(
+                StepFailed(
+                    seq=seq,
+                    event_seq=event_seq,
+                    step_id=outcome.step_id,
+                    error=outcome.error,
+                    attempts=outcome.attempts,
+                )
+            )
     if result.failure:
-        new.append(ExecutionFailed(seq=first_seq + len(new), event_seq=event_seq, reason=result.failure))
+        new.append(
+            ExecutionFailed(seq=first_seq + len(new), event_seq=event_seq, reason=result.failure)
+        )
     return new
 
 
@@ -545,4 +583,8 @@ def _require_json(value: Any, what: str) -> None:
 
 def _retryable(exc: sa.exc.OperationalError) -> bool:
     text = str(exc.orig or exc).lower()
-    return "locked" in text or "busy" in text or getattr(exc.orig, "sqlstate", "") in ("40001", "40P01")
+    return (
+        "locked" in text
+        or "busy" in text
+        or getattr(exc.orig, "sqlstate", "") in ("40001", "40P01")
+    )

@@ -28,17 +28,24 @@ import attrs
 import sqlalchemy as sa
 
 from ledgerflow.definitions import CompiledStep
-from ledgerflow.errors import LedgerflowError
+from ledgerflow.errors import (
+    ExpressionError,
+    InvalidParametersError,
+    LedgerflowError,
+    UnknownActionError,
+)
 from ledgerflow.model import JSON, Step
-from ledgerflow.registry import ActionContext, ActionRegistry, Isolation
+from ledgerflow.registry import Action, ActionContext, ActionRegistry
 from ledgerflow.store.sql import SQLStore
 
-__all__ = ["StepJob", "StepOutcome", "StepRunner", "SequentialRunner", "idempotency_key"]
+__all__ = ["SequentialRunner", "StepJob", "StepOutcome", "StepRunner", "idempotency_key"]
 
 log = logging.getLogger("ledgerflow.executor")
 
 
-def idempotency_key(execution_id: str, event_id: str, step_id: str, *, compensation: bool = False) -> str:
+def idempotency_key(
+    execution_id: str, event_id: str, step_id: str, *, compensation: bool = False
+) -> str:
     """The key a step runs under; stable across retries, redeliveries and workers."""
     key = f"{execution_id}:{event_id}:{step_id}"
     return f"{key}:compensate" if compensation else key
@@ -130,7 +137,9 @@ class SequentialRunner:
             )
         return RunResult(outcomes=tuple(outcomes))
 
-    def _run_step(self, job: StepJob, compiled: CompiledStep, variables: Mapping[str, Any]) -> StepOutcome:
+    def _run_step(
+        self, job: StepJob, compiled: CompiledStep, variables: Mapping[str, Any]
+    ) -> StepOutcome:
         step = compiled.step
         key = idempotency_key(job.execution_id, job.event_id, step.id)
         attempts = step.on_error.attempts if step.on_error.strategy == "retry" else 1
@@ -140,10 +149,26 @@ class SequentialRunner:
             try:
                 params = compiled.params.render(variables)
                 result = self._call(job, step, step.action, params, key, attempt)
-                return StepOutcome(step_id=step.id, status="succeeded", result=result, attempts=attempt)
+                return StepOutcome(
+                    step_id=step.id, status="succeeded", result=result, attempts=attempt
+                )
+            except (InvalidParametersError, UnknownActionError, ExpressionError) as exc:
+                # bad input never gets better by trying again
+                return StepOutcome(
+                    step_id=step.id,
+                    status="failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    attempts=attempt,
+                )
             except Exception as exc:  # an action's failure is data: it is recorded, not raised
                 error = f"{type(exc).__name__}: {exc}"
-                log.warning("step %s of execution %s failed (attempt %d): %s", step.id, job.execution_id, attempt, error)
+                log.warning(
+                    "step %s of execution %s failed (attempt %d): %s",
+                    step.id,
+                    job.execution_id,
+                    attempt,
+                    error,
+                )
             if attempt < attempts:
                 self.sleep(min(delay, step.on_error.backoff.maximum))
                 delay *= step.on_error.backoff.multiplier
@@ -164,35 +189,41 @@ class SequentialRunner:
                 outcomes.append(StepOutcome(step_id=step.id, status="compensated", result=result))
             except Exception as exc:
                 outcomes.append(
-                    StepOutcome(step_id=step.id, status="failed", error=f"compensation: {type(exc).__name__}: {exc}")
+                    StepOutcome(
+                        step_id=step.id,
+                        status="failed",
+                        error=f"compensation: {type(exc).__name__}: {exc}",
+                    )
                 )
         return outcomes
 
-    def _call(self, job: StepJob, step: Step, name: str, params: JSON, key: str, attempt: int) -> JSON:
+    def _call(
+        self, job: StepJob, step: Step, name: str, params: JSON, key: str, attempt: int
+    ) -> JSON:
         with self.store.read() as conn:
             found, recorded = self.store.action_result(conn, key)
         if found:
             return recorded
         action = self.registry.get(name)
-        validated = action.validate(params if isinstance(params, Mapping) else {})
-        record = dict(
-            key=key,
-            tenant=job.tenant,
-            execution_id=job.execution_id,
-            event_id=job.event_id,
-            step_id=step.id,
-            action=name,
-            attempts=attempt,
-        )
+        validated = action.validate(params)
+        record: dict[str, Any] = {
+            "key": key,
+            "tenant": job.tenant,
+            "execution_id": job.execution_id,
+            "event_id": job.event_id,
+            "step_id": step.id,
+            "action": name,
+            "attempts": attempt,
+        }
         if action.kind == "database":
-            isolation = action.isolation or Isolation.READ_COMMITTED
-            with self.store.write(isolation.value) as conn:
+            assert action.isolation is not None  # the registry requires one for database actions
+            with self.store.write(action.isolation.value) as conn:
                 context = self._context(job, step, key, attempt, conn)
-                result = _invoke(action.fn, validated, context)
+                result = _invoke(action, validated, context)
                 self.store.insert_action_result(conn, result=result, **record)
             return result
         context = self._context(job, step, key, attempt, None)
-        result = _invoke(action.fn, validated, context)
+        result = _invoke(action, validated, context)
         try:
             with self.store.write() as conn:
                 self.store.insert_action_result(conn, result=result, **record)
@@ -203,7 +234,9 @@ class SequentialRunner:
         return result
 
     @staticmethod
-    def _context(job: StepJob, step: Step, key: str, attempt: int, conn: sa.Connection | None) -> ActionContext:
+    def _context(
+        job: StepJob, step: Step, key: str, attempt: int, conn: sa.Connection | None
+    ) -> ActionContext:
         return ActionContext(
             idempotency_key=key,
             execution_id=job.execution_id,
@@ -215,10 +248,10 @@ class SequentialRunner:
         )
 
 
-def _invoke(fn: Callable[..., Any], params: Any, context: ActionContext) -> JSON:
-    if inspect.iscoroutinefunction(fn):
-        return asyncio.run(fn(params, context))
-    result = fn(params, context)
+def _invoke(action: Action, params: Any, context: ActionContext) -> JSON:
+    if action.is_async:
+        return asyncio.run(action.fn(params, context))
+    result = action.fn(params, context)
     if inspect.isawaitable(result):
         raise LedgerflowError("a plain function returned an awaitable; declare it async def")
     return result

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+
 import attrs
 
 from ledgerflow.engine import Engine, Lease
@@ -92,12 +93,20 @@ class Worker:
         """Process work until :meth:`stop`, or, with ``until_idle``, until no work is left."""
         self.store.check_schema()
         threads = [
-            threading.Thread(target=self._loop, args=(until_idle,), name=f"ledgerflow-worker-{i}", daemon=True)
+            threading.Thread(
+                target=self._loop, args=(until_idle,), name=f"ledgerflow-worker-{i}", daemon=True
+            )
             for i in range(self.concurrency)
         ]
-        helpers = [threading.Thread(target=self._renew_leases, name="ledgerflow-lease-renewer", daemon=True)]
+        helpers = [
+            threading.Thread(
+                target=self._renew_leases, name="ledgerflow-lease-renewer", daemon=True
+            )
+        ]
         if self.store.dialect == "postgresql" and not until_idle:
-            helpers.append(threading.Thread(target=self._listen, name="ledgerflow-listener", daemon=True))
+            helpers.append(
+                threading.Thread(target=self._listen, name="ledgerflow-listener", daemon=True)
+            )
         log.info("worker %s started with %d threads", self.id, self.concurrency)
         for thread in [*threads, *helpers]:
             thread.start()
@@ -129,7 +138,9 @@ class Worker:
                 worked = self._work_once()
                 backoff = self.poll_interval
             except StoreUnavailableError as exc:
-                log.warning("worker %s: store unavailable, retrying in %.1fs: %s", self.id, backoff, exc)
+                log.warning(
+                    "worker %s: store unavailable, retrying in %.1fs: %s", self.id, backoff, exc
+                )
                 self._count(errors=1)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -220,7 +231,9 @@ class Worker:
         """Wake idle threads on PostgreSQL notifications; on any trouble fall back to polling."""
         import psycopg
 
-        url = self.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        url = self.store.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(url, autocommit=True) as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from apps import counting_app
 
+from apps import counting_app
 from ledgerflow.engine import Engine
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -55,7 +56,9 @@ def worker(db_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
 
 def hit_rows(engine: Engine) -> list[sa.Row[tuple[object, ...]]]:
     with engine.store.read() as conn:
-        return list(conn.execute(sa.select(counting_app.hits).order_by(counting_app.hits.c.started)))
+        return list(
+            conn.execute(sa.select(counting_app.hits).order_by(counting_app.hits.c.started))
+        )
 
 
 def test_two_worker_processes_never_work_on_one_execution_at_once(counting: Engine) -> None:
@@ -64,7 +67,9 @@ def test_two_worker_processes_never_work_on_one_execution_at_once(counting: Engi
         for execution_id in executions:
             counting.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": n})
     procs = [
-        worker(counting.store.url, "--until-idle", "--concurrency", "2", COUNTING_STEP_SECONDS="0.01")
+        worker(
+            counting.store.url, "--until-idle", "--concurrency", "2", COUNTING_STEP_SECONDS="0.01"
+        )
         for _ in range(2)
     ]
     errors = []
@@ -84,14 +89,16 @@ def test_two_worker_processes_never_work_on_one_execution_at_once(counting: Engi
     for execution_id in executions:
         mine = [r for r in rows if r.execution_id == execution_id]
         assert [r.n for r in mine] == list(range(5))  # in ledger order
-        for earlier, later in zip(mine, mine[1:], strict=False):
+        for earlier, later in itertools.pairwise(mine):
             assert earlier.finished <= later.started  # one at a time
         history = counting.history(execution_id, tenant=TENANT)
         assert all(h.status == "processed" for h in history if h.kind == "event_received")
         assert [h.seq for h in history] == list(range(1, len(history) + 1))
 
 
-def test_a_worker_killed_mid_action_is_recovered_by_another(counting: Engine, tmp_path: Path) -> None:
+def test_a_worker_killed_mid_action_is_recovered_by_another(
+    counting: Engine, tmp_path: Path
+) -> None:
     execution_id = counting.create_execution("Counting", tenant=TENANT)
     event_id = counting.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": 7})
     marker = tmp_path / "hanging"

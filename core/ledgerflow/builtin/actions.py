@@ -24,7 +24,10 @@ def _record(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
 
 def _notify(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     notify_log.info(
-        "[%s] %s", params["channel"], params["message"], extra={"idempotency_key": context.idempotency_key}
+        "[%s] %s",
+        params["channel"],
+        params["message"],
+        extra={"idempotency_key": context.idempotency_key},
     )
     return {"channel": params["channel"], "message": params["message"], "notifier": "log"}
 

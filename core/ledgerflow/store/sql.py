@@ -359,9 +359,7 @@ class SQLStore:
         if wakeups:
             conn.execute(outbox.insert(), wakeups)
             if self.dialect == "postgresql":
-                conn.execute(
-                    sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, execution_id))
-                )
+                conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, execution_id)))
         return [row["event_id"] for row in rows]
 
     def records(
@@ -578,7 +576,9 @@ class SQLStore:
         except sa.exc.IntegrityError:
             return None  # another worker inserted the lease first
 
-    def fence(self, conn: Connection, execution_id: str, owner: str, token: int, ttl: float) -> None:
+    def fence(
+        self, conn: Connection, execution_id: str, owner: str, token: int, ttl: float
+    ) -> None:
         """Inside a write transaction: renew the lease, or raise :class:`LeaseLostError` if
         ``owner`` no longer holds it with ``token``. Every commit of a worker passes here."""
         renewed = conn.execute(

@@ -66,7 +66,9 @@ def upgrade() -> None:
         sa.Column("processed_at", sa.Double),
         sa.PrimaryKeyConstraint("execution_id", "seq", name="pk_lf_events"),
         sa.UniqueConstraint("event_id", name="uq_lf_events_event_id"),
-        sa.UniqueConstraint("execution_id", "client_key", name="uq_lf_events_execution_id_client_key"),
+        sa.UniqueConstraint(
+            "execution_id", "client_key", name="uq_lf_events_execution_id_client_key"
+        ),
     )
     op.create_index("ix_lf_events_status_execution_id", "lf_events", ["status", "execution_id"])
     op.create_table(
