@@ -359,6 +359,21 @@ def worker_command(
         )
 
 
+@cli.command("actions")
+@json_flag
+@pass_settings
+def actions_command(settings: _Settings, as_json: bool) -> None:
+    """List every registered action with its parameter schema."""
+    described = settings.engine(check_schema=False).registry.describe()
+    if as_json:
+        _echo_json(described)
+        return
+    for action in described:
+        kind = action["kind"] + (f", {action['isolation']}" if action.get("isolation") else "")
+        params = ", ".join(action["parameters"].get("properties", {})) or "-"
+        click.echo(f"{action['name']} ({kind}): {action['description']}\n    parameters: {params}")
+
+
 @cli.group(cls=_Group)
 def execution() -> None:
     """Look at executions."""
@@ -502,6 +517,9 @@ def _example_path() -> Path:
     )
 
 
+DEMO_INVOICE = {"id": "INV-1001", "total": 1250.0, "customer_id": "C-42", "currency": "EUR"}
+
+
 @cli.command("demo")
 @json_flag
 def demo_command(as_json: bool) -> None:
@@ -521,15 +539,9 @@ def demo_command(as_json: bool) -> None:
                 "CreateInvoice",
                 tenant=tenant,
                 role="clerk",
-                payload={
-                    "invoice": {
-                        "id": "INV-1001",
-                        "total": 1250.0,
-                        "customer_id": "C-42",
-                        "currency": "EUR",
-                    }
-                },
+                payload={"invoice": DEMO_INVOICE},
             )
+            Worker(engine, poll_interval=0.05).run(until_idle=True)
             engine.enqueue_event(
                 execution_id,
                 "ApproveInvoice",

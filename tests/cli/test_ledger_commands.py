@@ -1,0 +1,251 @@
+"""The ledger commands end to end, as a user runs them: real subprocesses on a real SQLite file
+(and the same commands on PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledgerflow.store.sql import SQLStore
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "contrib" / "examples" / "invoice_approval" / "invoice_approval.yaml"
+INVOICE = json.dumps({"invoice": {"id": "INV-7", "total": 99.5, "customer_id": "C-7"}})
+
+
+class Cli:
+    def __init__(self, db: str) -> None:
+        self.db = db
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "ledgerflow", "--db", self.db, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self(*args, "--json").stdout)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(f"sqlite:///{tmp_path}/cli.db")
+
+
+def test_the_whole_path_from_upgrade_to_history(cli: Cli) -> None:
+    assert cli.json("db", "upgrade") == {"revision": "0001"}
+    assert cli("workflow", "register", str(EXAMPLE)).stdout.startswith(
+        "registered InvoiceApproval v1"
+    )
+    assert [d["version"] for d in cli.json("workflow", "list")] == [1]
+    execution_id = cli(
+        "start", "InvoiceApproval", "--tenant", "acme", "--context", '{"approval_limit": 500}'
+    ).stdout.strip()
+    event_id = cli.json(
+        "send",
+        execution_id,
+        "CreateInvoice",
+        "--tenant",
+        "acme",
+        "--role",
+        "clerk",
+        "--payload",
+        INVOICE,
+    )["event_id"]
+    again = cli(
+        "send",
+        execution_id,
+        "CreateInvoice",
+        "--tenant",
+        "acme",
+        "--role",
+        "clerk",
+        "--payload",
+        INVOICE,
+        "--key",
+        "k1",
+    )
+    repeat = cli(
+        "send",
+        execution_id,
+        "CreateInvoice",
+        "--tenant",
+        "acme",
+        "--role",
+        "clerk",
+        "--payload",
+        INVOICE,
+        "--key",
+        "k1",
+    )
+    assert again.stdout == repeat.stdout
+    assert cli.json("event", "status", event_id, "--tenant", "acme")["status"] == "pending"
+    summary = cli.json("worker", "--until-idle", "--poll-interval", "0.05")
+    assert summary["events"] == 2
+    shown = cli.json("execution", "show", execution_id, "--tenant", "acme")
+    assert (shown["state"], shown["status"], shown["context"]["approval_limit"]) == (
+        "pending_approval",
+        "active",
+        500,
+    )
+    history = cli.json("execution", "history", execution_id, "--tenant", "acme")
+    assert [h["kind"] for h in history][:3] == [
+        "execution_started",
+        "event_received",
+        "event_received",
+    ]
+    assert history[2]["outcome"] == "no_transition"
+    text = cli("execution", "history", execution_id, "--tenant", "acme").stdout
+    assert "transition_applied  draft -> pending_approval (submit)" in text
+    status = cli("event", "status", event_id, "--tenant", "acme").stdout
+    assert status.startswith(f"CreateInvoice #2 of {execution_id}: processed")
+
+
+def test_commands_refuse_a_database_without_the_schema(cli: Cli) -> None:
+    result = cli("workflow", "list", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("run `ledgerflow db upgrade`")
+
+
+@pytest.fixture
+def ready(cli: Cli) -> tuple[Cli, str]:
+    cli("db", "upgrade")
+    cli("workflow", "register", str(EXAMPLE))
+    return cli, cli("start", "InvoiceApproval", "--tenant", "acme").stdout.strip()
+
+
+BAD: list[tuple[str, list[str], str]] = [
+    (
+        "malformed payload JSON",
+        ["send", "{x}", "CreateInvoice", "--tenant", "acme", "--payload", "{not json"],
+        "--payload is not valid JSON",
+    ),
+    (
+        "payload not an object",
+        ["send", "{x}", "CreateInvoice", "--tenant", "acme", "--payload", "[1]"],
+        "--payload must be a JSON object",
+    ),
+    (
+        "malformed context",
+        ["start", "InvoiceApproval", "--tenant", "acme", "--context", "{"],
+        "--context is not valid JSON",
+    ),
+    ("unknown workflow", ["start", "Nope", "--tenant", "acme"], "no workflow named 'Nope'"),
+    (
+        "bad version",
+        ["start", "InvoiceApproval", "--tenant", "acme", "--version", "two"],
+        "--version must be a number",
+    ),
+    (
+        "unknown event",
+        ["send", "{x}", "PayInvoice", "--tenant", "acme"],
+        "has no event 'PayInvoice'",
+    ),
+    (
+        "invalid payload",
+        ["send", "{x}", "CreateInvoice", "--tenant", "acme", "--payload", "{}"],
+        "'invoice' is a required property",
+    ),
+    (
+        "other tenant",
+        ["send", "{x}", "CreateInvoice", "--tenant", "globex", "--payload", INVOICE],
+        "not found",
+    ),
+    ("other tenant's execution", ["execution", "show", "{x}", "--tenant", "globex"], "not found"),
+    (
+        "unknown app",
+        ["--app", "no_such_module_here", "workflow", "list"],
+        "--app no_such_module_here: cannot import it",
+    ),
+    ("invalid definition", ["workflow", "register", "{bad}"], "unknown target state"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    ready: tuple[Cli, str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    cli, execution_id = ready
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("to: approved", "to: approvedd", 1))
+    store = SQLStore(cli.db)
+    before = store.row_counts()
+    argv = [a.replace("{x}", execution_id).replace("{bad}", str(bad)) for a in args]
+    result = cli(*argv, check=False)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert store.row_counts() == before
+    store.close()
+
+
+def test_actions_lists_the_built_in_actions_with_schemas(cli: Cli) -> None:
+    described = cli.json("actions")
+    names = [a["name"] for a in described]
+    assert names == sorted(names)
+    assert {"ledgerflow.notify", "ledgerflow.record"} <= set(names)
+    notify = next(a for a in described if a["name"] == "ledgerflow.notify")
+    assert notify["parameters"]["required"] == ["channel", "message"]
+
+
+def test_the_demo_runs_end_to_end_with_no_configuration(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ledgerflow", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "final state: approved (completed)" in out
+    assert "replaying the ledger from zero gives the same state: yes" in out
+    assert "transition_applied  pending_approval -> approved (approve)" in out
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+    as_json = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "ledgerflow", "demo", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+    )
+    assert as_json["execution"]["state"] == "approved"
+    assert as_json["replay_matches_projection"] is True
+
+
+def test_the_cli_works_on_postgresql(pg_url: str) -> None:
+    cli = Cli(pg_url)
+    cli("workflow", "register", str(EXAMPLE))
+    execution_id = cli("start", "InvoiceApproval", "--tenant", "pg").stdout.strip()
+    cli(
+        "send",
+        execution_id,
+        "CreateInvoice",
+        "--tenant",
+        "pg",
+        "--role",
+        "clerk",
+        "--payload",
+        INVOICE,
+    )
+    assert cli.json("worker", "--until-idle", "--poll-interval", "0.05")["events"] >= 1
+    assert (
+        cli.json("execution", "show", execution_id, "--tenant", "pg")["state"] == "pending_approval"
+    )
