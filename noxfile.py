@@ -52,3 +52,13 @@ def docs(session: nox.Session) -> None:
         "docs/mkdocs.yml",
         env={"NO_MKDOCS_2_WARNING": "1"},
     )
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Measure enqueue latency, end-to-end throughput and replay cost (not part of the tests).
+
+    ``nox -s bench -- --quick`` is a one-minute smoke run; figures are printed as one table.
+    """
+    session.install(".[postgres]")
+    session.run("python", "benchmarks/ledger_bench.py", *session.posargs)
