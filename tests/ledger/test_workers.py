@@ -124,3 +124,38 @@ def test_a_worker_killed_mid_action_is_recovered_by_another(
     assert counting.event_status(event_id, tenant=TENANT).status == "processed"
     kinds = [h.kind for h in counting.history(execution_id, tenant=TENANT)]
     assert kinds.count("step_succeeded") == 1
+
+
+def test_sigterm_lets_the_worker_finish_the_event_in_hand(counting: Engine) -> None:
+    execution_id = counting.create_execution("Counting", tenant=TENANT)
+    first = counting.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": 1})
+    proc = worker(counting.store.url, COUNTING_STEP_SECONDS="1.5")
+    deadline = time.monotonic() + 60
+    while counting.store.row_counts()["lf_leases"] == 0:  # the worker has taken the execution
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "processed 1 events" in out
+    assert counting.event_status(first, tenant=TENANT).status == "processed"
+    assert len(hit_rows(counting)) == 1
+
+
+def test_a_postgresql_worker_wakes_on_notify_not_on_its_poll(pg_url: str) -> None:
+    engine = Engine(pg_url)
+    counting_app.setup(engine)
+    proc = worker(pg_url, "--poll-interval", "60")
+    try:
+        time.sleep(2)  # let it start and go idle, listening
+        execution_id = engine.create_execution("Counting", tenant="notify")
+        event_id = engine.enqueue_event(execution_id, "Hit", tenant="notify", payload={"n": 3})
+        deadline = time.monotonic() + 30  # far below the 60 s poll
+        while engine.event_status(event_id, tenant="notify").status == "pending":
+            assert time.monotonic() < deadline, "the worker was not woken by NOTIFY"
+            time.sleep(0.1)
+        assert engine.event_status(event_id, tenant="notify").status == "processed"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        engine.close()
