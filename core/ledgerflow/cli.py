@@ -345,7 +345,9 @@ def worker_command(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     stats = worker.run(until_idle=until_idle)
+    failing = worker.failing
     summary = {
+        "failing_executions": failing,
         "worker": worker.id,
         "executions": stats.executions,
         "events": stats.events,
@@ -357,6 +359,12 @@ def worker_command(
         click.echo(
             f"worker {worker.id} processed {stats.events} events in {stats.executions} executions"
         )
+    if failing:
+        click.echo(
+            f"error: {len(failing)} execution(s) could not be processed: {', '.join(failing)}",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @cli.command("actions")

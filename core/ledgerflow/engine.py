@@ -36,7 +36,7 @@ from ledgerflow.errors import (
     StoreUnavailableError,
     WorkflowNotFoundError,
 )
-from ledgerflow.executor import RunResult, SequentialRunner, StepJob, StepRunner
+from ledgerflow.executor import GraphRunner, RunResult, StepJob, StepRunner
 from ledgerflow.model import (
     JSON,
     Accepted,
@@ -128,8 +128,8 @@ class Engine:
 
     ``store`` is a :class:`SQLStore` or a database URL (default :data:`DEFAULT_DB`).
     ``registry`` holds the actions steps may call (the built-in ones are added to it).
-    ``runner`` runs an applied transition's steps (by default one at a time, in dependency
-    order). ``clock`` gives the time for every timestamp the engine writes.
+    ``runner`` runs an applied transition's steps (by default as a dependency graph,
+    independent steps in parallel). ``clock`` gives the time for every timestamp the engine writes.
     """
 
     def __init__(
@@ -149,7 +149,7 @@ class Engine:
         self.registry = registry if registry is not None else ActionRegistry()
         if "ledgerflow.record" not in self.registry:
             register_builtin_actions(self.registry)
-        self.runner: StepRunner = runner or SequentialRunner(self.store, self.registry)
+        self.runner: StepRunner = runner or GraphRunner(self.store, self.registry)
         self.clock = clock
         self._definitions: dict[tuple[str, int], Definition] = {}
         self._lock = threading.Lock()
@@ -256,8 +256,14 @@ class Engine:
         _require_json(started.context, "context")
         state = machine.fold(definition, [started])
         new_id = execution_id or uuid.uuid4().hex
-        with self.store.write() as conn:
-            self.store.insert_execution(conn, new_id, tenant, state, started)
+        _require_name(new_id, "execution id", 64)
+        try:
+            with self.store.write() as conn:
+                self.store.insert_execution(conn, new_id, tenant, state, started)
+        except sa.exc.IntegrityError as exc:
+            raise InvalidInputError(
+                f"execution id {new_id!r} cannot be used; choose another"
+            ) from exc
         return new_id
 
     def enqueue_event(
@@ -282,6 +288,12 @@ class Engine:
         payload = dict(payload or {})
         if role is not None and not isinstance(role, str):
             raise InvalidInputError("role must be a string")
+        if role is not None:
+            _require_name(role, "role")
+        if key is not None:
+            if not isinstance(key, str) or not key:
+                raise InvalidInputError("key must be a non-empty string")
+            _require_name(key, "key")
         _require_json(payload, "payload")
         with self.store.read() as conn:
             row = self.store.execution_row(conn, execution_id, tenant)
@@ -462,9 +474,7 @@ class Engine:
             arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
             waiting = [a for a in arrived if a.record.kind == "event_received"]
             if not waiting:
-                self.store.mark_published(
-                    conn, execution_id, self.store.last_wakeup(conn, execution_id)
-                )
+                self.store.mark_handled(conn, execution_id)
         return machine.fold(definition, [a.record for a in arrived], state), waiting
 
     def _process_event(
@@ -495,6 +505,9 @@ class Engine:
                     event_id=stored.event_id,
                     steps=compiled.steps,
                     variables=variables,
+                    fence=lambda conn: self.store.fence(
+                        conn, execution_id, lease.owner, lease.token, lease.ttl
+                    ),
                 )
             )
             status = "failed" if result.failure else "processed"
@@ -522,9 +535,7 @@ class Engine:
                         self.store.save_snapshot(conn, execution_id, tenant, after)
                     waiting = [a for a in arrived if a.record.kind == "event_received"]
                     if not waiting:
-                        self.store.mark_published(
-                            conn, execution_id, self.store.last_wakeup(conn, execution_id)
-                        )
+                        self.store.mark_handled(conn, execution_id)
                 return after, waiting
             except sa.exc.IntegrityError:
                 log.debug("execution %s: a client appended during commit; retrying", execution_id)
@@ -569,16 +580,39 @@ def _records(decision: Any, result: RunResult, event_seq: int, first_seq: int) -
     return new
 
 
+_MAX_NAME = 200
+
+
 def _require_tenant(tenant: object) -> None:
     if not isinstance(tenant, str) or not tenant.strip():
         raise InvalidInputError("a tenant is required: a non-empty string")
+    _require_name(tenant, "tenant")
+
+
+def _require_name(value: str, what: str, limit: int = _MAX_NAME) -> None:
+    if len(value) > limit:
+        raise InvalidInputError(f"the {what} is longer than {limit} characters")
+    if "\x00" in value:
+        raise InvalidInputError(f"the {what} holds a NUL character")
 
 
 def _require_json(value: Any, what: str) -> None:
     try:
-        json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"the {what} must be JSON: {exc}") from exc
+    if "\\u0000" in text and _holds_nul(value):
+        raise InvalidInputError(f"the {what} holds a NUL character, which cannot be stored")
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _retryable(exc: sa.exc.OperationalError) -> bool:

@@ -1,7 +1,7 @@
 """Running the steps of an applied transition.
 
-:class:`SequentialRunner` runs a transition's steps one at a time, dependencies first, each under
-its idempotency key ``execution_id:event_id:step_id``:
+:class:`GraphRunner` runs a transition's steps as a dependency graph, independent steps in
+parallel, each under its idempotency key ``execution_id:event_id:step_id``:
 
 - a result recorded under the key is returned and the action is not run again;
 - a database action runs inside a transaction at its declared isolation level, and its result
@@ -9,36 +9,45 @@ its idempotency key ``execution_id:event_id:step_id``:
 - any other action runs at least once (again after a crash before its result was recorded)
   and gets the key in its context to pass on to the outside system.
 
-Error strategies: ``stop`` ends the transition and fails the execution; ``continue`` records the
-failure, skips the steps that depend on the failed one and goes on; ``retry`` tries again up to
-``attempts`` times with exponential backoff, then fails as ``stop``; ``compensate`` runs the
-compensating action of every completed step, newest first, and fails the execution.
+Error strategies: ``stop``: no new step starts, running ones finish, and the execution fails;
+``continue``: the failure is recorded, steps that depend on the failed one (directly or not) are
+skipped, the others run; ``retry``: tried up to ``attempts`` times with exponential backoff and
+jitter (tenacity), then as ``stop``; invalid parameters, unknown actions and failing expressions
+are never retried; ``compensate``: as ``stop``, then the compensating action of every completed
+step runs, in reverse dependency order, under the key ``…:<step_id>:compensate``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import inspect
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED
 from typing import Any, Protocol
 
 import attrs
 import sqlalchemy as sa
+import tenacity
 
 from ledgerflow.definitions import CompiledStep
 from ledgerflow.errors import (
     ExpressionError,
     InvalidParametersError,
+    LeaseLostError,
     LedgerflowError,
+    StoreUnavailableError,
     UnknownActionError,
 )
 from ledgerflow.model import JSON, Step
 from ledgerflow.registry import Action, ActionContext, ActionRegistry
 from ledgerflow.store.sql import SQLStore
 
-__all__ = ["SequentialRunner", "StepJob", "StepOutcome", "StepRunner", "idempotency_key"]
+__all__ = ["GraphRunner", "RunResult", "StepJob", "StepOutcome", "StepRunner", "idempotency_key"]
 
 log = logging.getLogger("ledgerflow.executor")
 
@@ -60,6 +69,9 @@ class StepJob:
     event_id: str
     steps: tuple[CompiledStep, ...]
     variables: Mapping[str, Any]
+    fence: Callable[[sa.Connection], None] | None = None
+    """Checks, inside a transaction, that the caller still holds the execution's lease; it
+    raises :class:`~ledgerflow.errors.LeaseLostError` otherwise, and nothing commits."""
 
 
 @attrs.frozen(kw_only=True)
@@ -89,95 +101,152 @@ class StepRunner(Protocol):
         ...
 
 
-class SequentialRunner:
-    """Runs steps one at a time in dependency order; see the module's documentation."""
+class GraphRunner:
+    """Runs a transition's steps as a dependency graph; see the module's documentation.
+
+    A step starts as soon as every step in its ``depends_on`` succeeded, on a pool of
+    ``max_parallel`` threads, so independent steps run at the same time and fork/join shapes
+    follow from ``depends_on``. ``async def`` actions run on an event loop this runner owns.
+    """
 
     def __init__(
         self,
         store: SQLStore,
         registry: ActionRegistry,
         *,
+        max_parallel: int = 8,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if max_parallel < 1:
+            raise ValueError("max_parallel must be at least 1")
         self.store = store
         self.registry = registry
+        self.max_parallel = max_parallel
         self.sleep = sleep
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the event loop of ``async def`` actions, if one was started."""
+        with self._loop_lock:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._loop = None
 
     def run(self, job: StepJob) -> RunResult:
         """Run ``job``'s steps; see the module's documentation for the strategies."""
+        by_id = {cs.step.id: cs for cs in job.steps}
+        waiting = {cs.step.id: set(cs.step.depends_on) for cs in job.steps}
         outcomes: list[StepOutcome] = []
         results: dict[str, Any] = {}
-        failed: set[str] = set()
         completed: list[CompiledStep] = []
-        for compiled in job.steps:
-            step = compiled.step
-            if any(dep in failed for dep in step.depends_on):
-                failed.add(step.id)  # skipped: a step it needs did not succeed
-                continue
-            variables = {
-                **job.variables,
-                "steps": {k: {"result": v} for k, v in results.items()},
-                "execution": {"id": job.execution_id, "tenant": job.tenant},
-            }
-            outcome = self._run_step(job, compiled, variables)
-            outcomes.append(outcome)
-            if outcome.status == "succeeded":
-                results[step.id] = outcome.result
-                completed.append(compiled)
-                continue
-            failed.add(step.id)
-            strategy = step.on_error.strategy
-            if strategy == "continue":
-                continue
-            if strategy == "compensate":
-                outcomes += self._compensate(job, completed, variables)
-            return RunResult(
-                outcomes=tuple(outcomes),
-                failure=f"step {step.id!r} failed: {outcome.error}",
-            )
-        return RunResult(outcomes=tuple(outcomes))
+        blocked: set[str] = set()
+        failure: str | None = None
+        compensate = False
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.max_parallel, thread_name_prefix="ledgerflow-step"
+        ) as pool:
+            running: dict[concurrent.futures.Future[StepOutcome], CompiledStep] = {}
+
+            def start_ready() -> None:
+                for step_id in [s for s, deps in waiting.items() if not deps]:
+                    del waiting[step_id]
+                    compiled = by_id[step_id]
+                    variables = {
+                        **job.variables,
+                        "steps": {k: {"result": v} for k, v in results.items()},
+                        "execution": {"id": job.execution_id, "tenant": job.tenant},
+                    }
+                    running[pool.submit(self._run_step, job, compiled, variables)] = compiled
+
+            start_ready()
+            while running:
+                done, _ = concurrent.futures.wait(running, return_when=FIRST_COMPLETED)
+                # settle finished steps in the order written, so equal runs record alike
+                for future in sorted(done, key=lambda f: job.steps.index(running[f])):
+                    compiled = running.pop(future)
+                    outcome = future.result()
+                    outcomes.append(outcome)
+                    step = compiled.step
+                    if outcome.status == "succeeded":
+                        results[step.id] = outcome.result
+                        completed.append(compiled)
+                        for deps in waiting.values():
+                            deps.discard(step.id)
+                        continue
+                    if step.on_error.strategy == "continue":
+                        blocked |= _dependents(step.id, waiting)
+                        for skipped in blocked:
+                            waiting.pop(skipped, None)
+                        continue
+                    if failure is None:
+                        failure = f"step {step.id!r} failed: {outcome.error}"
+                        compensate = step.on_error.strategy == "compensate"
+                    waiting.clear()  # stop: nothing new starts; running steps finish
+                if failure is None:
+                    start_ready()
+        if compensate:
+            outcomes += self._compensate(job, completed, results)
+        return RunResult(outcomes=tuple(outcomes), failure=failure)
 
     def _run_step(
         self, job: StepJob, compiled: CompiledStep, variables: Mapping[str, Any]
     ) -> StepOutcome:
         step = compiled.step
         key = idempotency_key(job.execution_id, job.event_id, step.id)
-        attempts = step.on_error.attempts if step.on_error.strategy == "retry" else 1
-        delay = step.on_error.backoff.initial
-        error = ""
-        for attempt in range(1, attempts + 1):
-            try:
-                params = compiled.params.render(variables)
-                result = self._call(job, step, step.action, params, key, attempt)
-                return StepOutcome(
-                    step_id=step.id, status="succeeded", result=result, attempts=attempt
-                )
-            except (InvalidParametersError, UnknownActionError, ExpressionError) as exc:
-                # bad input never gets better by trying again
-                return StepOutcome(
-                    step_id=step.id,
-                    status="failed",
-                    error=f"{type(exc).__name__}: {exc}",
-                    attempts=attempt,
-                )
-            except Exception as exc:  # an action's failure is data: it is recorded, not raised
-                error = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "step %s of execution %s failed (attempt %d): %s",
-                    step.id,
-                    job.execution_id,
-                    attempt,
-                    error,
-                )
-            if attempt < attempts:
-                self.sleep(min(delay, step.on_error.backoff.maximum))
-                delay *= step.on_error.backoff.multiplier
-        return StepOutcome(step_id=step.id, status="failed", error=error, attempts=attempts)
+        retrying = step.on_error.strategy == "retry"
+        backoff = step.on_error.backoff
+        attempts = 0
+
+        def attempt() -> JSON:
+            nonlocal attempts
+            attempts += 1
+            params = compiled.params.render(variables)
+            return self._call(job, step, step.action, params, key, attempts)
+
+        policy = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(step.on_error.attempts if retrying else 1),
+            wait=tenacity.wait_exponential_jitter(
+                multiplier=backoff.initial,
+                max=backoff.maximum,
+                exp_base=backoff.multiplier,
+                jitter=backoff.initial,
+            ),
+            retry=tenacity.retry_if_not_exception_type((*_PERMANENT, *_NOT_THE_ACTIONS)),
+            sleep=self.sleep,
+            reraise=True,
+            before_sleep=lambda state: log.warning(
+                "step %s of execution %s failed (attempt %d), retrying: %s",
+                step.id,
+                job.execution_id,
+                state.attempt_number,
+                state.outcome.exception() if state.outcome else "",
+            ),
+        )
+        try:
+            result = policy(attempt)
+        except _NOT_THE_ACTIONS:
+            raise
+        except Exception as exc:  # an action's failure is data: it is recorded, not raised
+            return StepOutcome(
+                step_id=step.id,
+                status="failed",
+                error=_describe(exc),
+                attempts=attempts,
+            )
+        return StepOutcome(step_id=step.id, status="succeeded", result=result, attempts=attempts)
 
     def _compensate(
-        self, job: StepJob, completed: list[CompiledStep], variables: Mapping[str, Any]
+        self, job: StepJob, completed: list[CompiledStep], results: Mapping[str, Any]
     ) -> list[StepOutcome]:
+        """Undo completed steps, the last completed first (a step completes after every step
+        it depends on, so this is reverse dependency order)."""
         outcomes = []
+        variables = {
+            **job.variables,
+            "steps": {k: {"result": v} for k, v in results.items()},
+            "execution": {"id": job.execution_id, "tenant": job.tenant},
+        }
         for compiled in reversed(completed):
             step = compiled.step
             if step.compensate is None or compiled.compensate_params is None:
@@ -187,12 +256,14 @@ class SequentialRunner:
                 params = compiled.compensate_params.render(variables)
                 result = self._call(job, step, step.compensate.action, params, key, 1)
                 outcomes.append(StepOutcome(step_id=step.id, status="compensated", result=result))
+            except _NOT_THE_ACTIONS:
+                raise
             except Exception as exc:
                 outcomes.append(
                     StepOutcome(
                         step_id=step.id,
                         status="failed",
-                        error=f"compensation: {type(exc).__name__}: {exc}",
+                        error=f"compensation: {_describe(exc)}",
                     )
                 )
         return outcomes
@@ -200,7 +271,7 @@ class SequentialRunner:
     def _call(
         self, job: StepJob, step: Step, name: str, params: JSON, key: str, attempt: int
     ) -> JSON:
-        with self.store.read() as conn:
+        with _store_errors(), self.store.read() as conn:
             found, recorded = self.store.action_result(conn, key)
         if found:
             return recorded
@@ -217,21 +288,83 @@ class SequentialRunner:
         }
         if action.kind == "database":
             assert action.isolation is not None  # the registry requires one for database actions
-            with self.store.write(action.isolation.value) as conn:
-                context = self._context(job, step, key, attempt, conn)
-                result = _invoke(action, validated, context)
-                self.store.insert_action_result(conn, result=result, **record)
-            return result
+            return self._call_in_transaction(job, step, action, validated, key, attempt, record)
         context = self._context(job, step, key, attempt, None)
-        result = _invoke(action, validated, context)
+        result = self._invoke(action, validated, context)
+        return self._record(job, key, result, record)
+
+    def _call_in_transaction(
+        self,
+        job: StepJob,
+        step: Step,
+        action: Action,
+        validated: Any,
+        key: str,
+        attempt: int,
+        record: dict[str, Any],
+    ) -> JSON:
+        """Run a database action and record its result in one transaction, retrying the whole
+        transaction on a serialization failure, a deadlock or a busy database."""
+        assert action.isolation is not None
+        for retry in range(_TRANSACTION_RETRIES):
+            try:
+                with self.store.write(action.isolation.value) as conn:
+                    context = self._context(job, step, key, attempt, conn)
+                    result = self._invoke(action, validated, context)
+                    if job.fence is not None:
+                        job.fence(conn)
+                    self.store.insert_action_result(conn, result=result, **record)
+                return result
+            except sa.exc.IntegrityError:
+                # two runners raced on this key: the committed one is the result (and effect)
+                with _store_errors(), self.store.read() as conn:
+                    found, recorded = self.store.action_result(conn, key)
+                if found:
+                    return recorded
+                raise
+            except sa.exc.DBAPIError as exc:
+                if not _transient(exc):
+                    raise
+                log.info("step %s: transaction retried after %s", step.id, _first_line(exc))
+                self.sleep(min(0.05 * 2**retry, 2.0))
+        raise StoreUnavailableError(
+            f"step {step.id}: the database kept refusing the transaction "
+            f"({_TRANSACTION_RETRIES} tries)"
+        )
+
+    def _record(self, job: StepJob, key: str, result: JSON, record: dict[str, Any]) -> JSON:
+        """Record a plain action's result; the first result recorded under a key wins."""
         try:
-            with self.store.write() as conn:
+            with _store_errors(), self.store.write() as conn:
+                if job.fence is not None:
+                    job.fence(conn)
                 self.store.insert_action_result(conn, result=result, **record)
         except sa.exc.IntegrityError:
-            # another worker recorded a result first: that one is the result
-            with self.store.read() as conn:
+            with _store_errors(), self.store.read() as conn:
                 _, result = self.store.action_result(conn, key)
         return result
+
+    def _invoke(self, action: Action, params: Any, context: ActionContext) -> JSON:
+        if action.is_async:
+            coroutine = action.fn(params, context)
+            return asyncio.run_coroutine_threadsafe(coroutine, self._event_loop()).result()
+        result = action.fn(params, context)
+        if inspect.isawaitable(result):
+            raise LedgerflowError(
+                f"action {action.name!r} returned an awaitable from a plain function; "
+                "declare it async def"
+            )
+        return result
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="ledgerflow-async-actions", daemon=True
+                ).start()
+                self._loop = loop
+            return self._loop
 
     @staticmethod
     def _context(
@@ -248,10 +381,54 @@ class SequentialRunner:
         )
 
 
-def _invoke(action: Action, params: Any, context: ActionContext) -> JSON:
-    if action.is_async:
-        return asyncio.run(action.fn(params, context))
-    result = action.fn(params, context)
-    if inspect.isawaitable(result):
-        raise LedgerflowError("a plain function returned an awaitable; declare it async def")
-    return result
+_PERMANENT = (InvalidParametersError, UnknownActionError, ExpressionError)
+"""Failures that trying again cannot mend: they fail the step at once."""
+
+_NOT_THE_ACTIONS = (StoreUnavailableError, LeaseLostError)
+"""Failures of the engine, not of the action: they are raised, never recorded as a step's
+failure, and the event stays pending to be processed again."""
+
+_TRANSACTION_RETRIES = 8
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    """A serialization failure, a deadlock, a busy or locked SQLite database, a lost
+    connection: the same transaction may well succeed if tried again."""
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate in ("40001", "40P01"):
+        return True
+    text = str(exc.orig).lower()
+    return isinstance(exc, sa.exc.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """The store's own operations: a database error there is the engine's trouble."""
+    try:
+        yield
+    except sa.exc.IntegrityError:
+        raise
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreUnavailableError(f"the ledger's database failed: {_first_line(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    # a NUL cannot be stored in PostgreSQL text: show it instead
+    return f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")
+
+
+def _dependents(step_id: str, waiting: Mapping[str, set[str]]) -> set[str]:
+    """Every waiting step that needs ``step_id``, directly or through another."""
+    found: set[str] = set()
+    frontier = {step_id}
+    while frontier:
+        frontier = {s for s, deps in waiting.items() if deps & frontier and s not in found}
+        found |= frontier
+    return found

@@ -19,6 +19,7 @@ import time
 import uuid
 
 import attrs
+import sqlalchemy as sa
 
 from ledgerflow.engine import Engine, Lease
 from ledgerflow.errors import LeaseLostError, LedgerflowError, StoreUnavailableError
@@ -61,6 +62,11 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         if lease_ttl <= 0 or poll_interval <= 0:
             raise ValueError("lease_ttl and poll_interval must be positive")
+        if engine.store.in_memory:
+            raise ValueError(
+                "an in-memory SQLite database has a single connection and cannot serve a "
+                "worker's threads; use a file (sqlite:///path.db)"
+            )
         self.engine = engine
         self.store = engine.store
         self.concurrency = concurrency
@@ -70,7 +76,9 @@ class Worker:
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = WorkerStats()
         self._stopping = threading.Event()
+        self._finished = threading.Event()
         self._wake = threading.Event()
+        self._failures: dict[str, int] = {}
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}
         self._busy = 0
@@ -78,6 +86,13 @@ class Worker:
         self._last_sweep = 0.0
 
     # ----------------------------------------------------------------------------------------
+
+    @property
+    def failing(self) -> list[str]:
+        """Executions whose processing failed on this worker and was not yet retried with
+        success (each is retried after a growing pause)."""
+        with self._lock:
+            return list(self._failures)
 
     def stop(self) -> None:
         """Ask every thread to finish the event in hand and return."""
@@ -116,6 +131,8 @@ class Worker:
                     thread.join(timeout=0.5)
         finally:
             self.stop()
+            # leases are renewed until the last event in hand is committed
+            self._finished.set()
             for thread in helpers:
                 thread.join(timeout=5)
         log.info("worker %s stopped: %s", self.id, self.stats)
@@ -136,18 +153,24 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 worked = self._work_once()
+                idle = not worked and until_idle and self._all_idle()
                 backoff = self.poll_interval
-            except StoreUnavailableError as exc:
+            except (StoreUnavailableError, sa.exc.SQLAlchemyError) as exc:
                 log.warning(
-                    "worker %s: store unavailable, retrying in %.1fs: %s", self.id, backoff, exc
+                    "worker %s: database unavailable, retrying in %.1fs: %s", self.id, backoff, exc
                 )
                 self._count(errors=1)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
+            except Exception:  # a worker thread never dies silently
+                log.exception("worker %s: unexpected error; going on", self.id)
+                self._count(errors=1)
+                self._stopping.wait(backoff)
+                continue
             if worked:
                 continue
-            if until_idle and self._all_idle():
+            if idle:
                 self.stop()
                 return
             self._wake.wait(self.poll_interval)
@@ -157,32 +180,42 @@ class Worker:
         with self._lock:
             if self._busy:
                 return False
-        # no thread busy here, and nothing left that another worker's lease does not cover
-        return not self.store.has_unleased_work()
-
-    def _candidates(self) -> list[tuple[str, str]]:
-        found = self.store.claimable(self.concurrency)
-        now = time.monotonic()
-        if not found and now - self._last_sweep >= self.sweep_interval:
-            self._last_sweep = now
-            found = self.store.pending_executions(self.concurrency)
-        return found
+        # nothing in hand here and nothing left anywhere, leased by others or not, except
+        # executions that keep failing here
+        with self._lock:
+            failing = list(self._failures)
+        return not self.store.has_work(besides=failing)
 
     def _work_once(self) -> bool:
-        for execution_id, tenant in self._candidates():
-            if self._stopping.is_set():
+        with self._lock:
+            self._busy += 1  # counted busy before claiming, so no thread sees a false idle
+        try:
+            claimed = self.store.claim(self.id, self.lease_ttl)
+            if claimed is None and time.monotonic() - self._last_sweep >= self.sweep_interval:
+                self._last_sweep = time.monotonic()
+                claimed = self._sweep()
+            if claimed is None or self._stopping.is_set():
+                if claimed is not None:
+                    self.store.release_lease(claimed[0], self.id, claimed[2])
                 return False
-            token = self.store.take_lease(execution_id, self.id, self.lease_ttl)
-            if token is None:
-                continue
-            self._run_leased(execution_id, tenant, token)
+            self._run_leased(*claimed)
             return True
-        return False
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def _sweep(self) -> tuple[str, str, int] | None:
+        """Find an undecided event whose wake-up was lost, and take its execution."""
+        for execution_id, tenant in self.store.pending_executions(self.concurrency * 4):
+            token = self.store.take_lease(execution_id, self.id, self.lease_ttl)
+            if token is not None:
+                return execution_id, tenant, token
+        return None
 
     def _run_leased(self, execution_id: str, tenant: str, token: int) -> None:
         with self._lock:
-            self._busy += 1
             self._held[execution_id] = token
+        cooldown: float | None = None
         try:
             count = self.engine.process(
                 execution_id,
@@ -191,24 +224,39 @@ class Worker:
                 should_stop=self._stopping.is_set,
             )
             self._count(executions=1, events=count)
+            with self._lock:
+                self._failures.pop(execution_id, None)
         except LeaseLostError as exc:
             self._count(leases_lost=1)
             log.warning("worker %s: %s", self.id, exc)
-        except StoreUnavailableError:
+        except (StoreUnavailableError, sa.exc.SQLAlchemyError):
             raise
-        except LedgerflowError as exc:
+        except Exception as exc:
+            # keep the execution to itself for a while, so one failing execution neither
+            # spins this worker nor blocks the others
+            with self._lock:
+                failures = self._failures.get(execution_id, 0) + 1
+                self._failures[execution_id] = failures
+            cooldown = min(2.0**failures, 300.0)
             self._count(errors=1)
-            log.error("worker %s: execution %s: %s", self.id, execution_id, exc)
-        except Exception:
-            self._count(errors=1)
-            log.exception("worker %s: unexpected error in execution %s", self.id, execution_id)
+            log.error(
+                "worker %s: execution %s failed (%d in a row), retried in %.0fs: %s",
+                self.id,
+                execution_id,
+                failures,
+                cooldown,
+                exc,
+                exc_info=not isinstance(exc, LedgerflowError),
+            )
         finally:
             with self._lock:
                 self._held.pop(execution_id, None)
-                self._busy -= 1
             try:
-                self.store.release_lease(execution_id, self.id, token)
-            except LedgerflowError as exc:  # it expires by itself
+                if cooldown is None:
+                    self.store.release_lease(execution_id, self.id, token)
+                else:
+                    self.store.renew_lease(execution_id, self.id, token, cooldown)
+            except Exception as exc:  # the lease expires by itself
                 log.warning("worker %s: could not release %s: %s", self.id, execution_id, exc)
 
     def _count(self, **increments: int) -> None:
@@ -217,14 +265,14 @@ class Worker:
                 setattr(self.stats, name, getattr(self.stats, name) + value)
 
     def _renew_leases(self) -> None:
-        while not self._stopping.wait(self.lease_ttl / 3):
+        while not self._finished.wait(self.lease_ttl / 3):
             with self._lock:
                 held = dict(self._held)
             for execution_id, token in held.items():
                 try:
                     if not self.store.renew_lease(execution_id, self.id, token, self.lease_ttl):
                         log.warning("worker %s: lease on %s was lost", self.id, execution_id)
-                except LedgerflowError as exc:
+                except Exception as exc:  # keep renewing the others
                     log.warning("worker %s: renewing %s failed: %s", self.id, execution_id, exc)
 
     def _listen(self) -> None:
@@ -234,7 +282,7 @@ class Worker:
         url = self.store.engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
-        while not self._stopping.is_set():
+        while not self._finished.is_set() and not self._stopping.is_set():
             try:
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")

@@ -96,8 +96,20 @@ outbox = sa.Table(
     sa.Column("event_id", ID, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("published_at", sa.Double),
-    sa.Index(None, "published_at", "id"),
-    sa.Index(None, "execution_id"),
+    # only unhandled wake-ups are ever searched: keep the indexes to them
+    sa.Index(
+        "ix_lf_outbox_unhandled_id",
+        "id",
+        postgresql_where=sa.text("published_at IS NULL"),
+        sqlite_where=sa.text("published_at IS NULL"),
+    ),
+    sa.Index(
+        "ix_lf_outbox_unhandled_execution_id",
+        "execution_id",
+        postgresql_where=sa.text("published_at IS NULL"),
+        sqlite_where=sa.text("published_at IS NULL"),
+    ),
+    sa.Index(None, "event_id"),
 )
 
 action_results = sa.Table(

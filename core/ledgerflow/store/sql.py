@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,9 @@ class SQLStore:
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StoreUnavailableError(f"cannot use database URL {url!r}: {exc}") from exc
         self.dialect = self.engine.dialect.name
+        self.in_memory = self.dialect == "sqlite" and (
+            self.url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in self.url
+        )
 
     def __repr__(self) -> str:
         return f"SQLStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -463,10 +466,13 @@ class SQLStore:
     # Wake-ups, leases and fencing
     # ----------------------------------------------------------------------------------------
 
-    def claimable(self, limit: int) -> list[tuple[str, str]]:
-        """Up to ``limit`` ``(execution_id, tenant)`` with unpublished wake-ups and no live
-        lease, oldest wake-up first. On PostgreSQL the outbox rows are read with
-        ``FOR UPDATE SKIP LOCKED``, so concurrent workers are handed different executions."""
+    def claim(self, owner: str, ttl: float) -> tuple[str, str, int] | None:
+        """Take the lease of one execution with an unhandled wake-up, oldest first; returns
+        ``(execution_id, tenant, token)`` or ``None`` when there is nothing free to take.
+
+        On PostgreSQL the wake-ups are read ``FOR UPDATE SKIP LOCKED`` in the same transaction
+        that takes the lease, so concurrent workers are handed different executions.
+        """
         now = self.clock()
         live = sa.exists().where(
             leases.c.execution_id == outbox.c.execution_id, leases.c.expires_at > now
@@ -475,17 +481,20 @@ class SQLStore:
             sa.select(outbox.c.execution_id, outbox.c.tenant)
             .where(outbox.c.published_at.is_(None), ~live)
             .order_by(outbox.c.id)
-            .limit(limit * 4)
+            .limit(32)
         )
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True, of=outbox)
-        with self.read() as conn:
-            found: dict[str, str] = {}
-            for row in conn.execute(query):
-                found.setdefault(row.execution_id, row.tenant)
-                if len(found) == limit:
-                    break
-            return list(found.items())
+        with self.write() as conn:
+            seen: set[str] = set()
+            for row in conn.execute(query).all():
+                if row.execution_id in seen:
+                    continue
+                seen.add(row.execution_id)
+                token = self._take_lease(conn, row.execution_id, owner, ttl, now)
+                if token is not None:
+                    return row.execution_id, row.tenant, token
+        return None
 
     def pending_executions(self, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` ``(execution_id, tenant)`` whose ledger holds an undecided event and
@@ -503,78 +512,78 @@ class SQLStore:
         with self.read() as conn:
             return [(r.execution_id, r.tenant) for r in conn.execute(query)]
 
-    def has_unleased_work(self) -> bool:
-        """Whether any execution with an unhandled wake-up or an undecided event is free of a
-        live lease: what a worker checks before deciding it is idle. Takes no locks."""
-        now = self.clock()
-        wake_live = sa.exists().where(
-            leases.c.execution_id == outbox.c.execution_id, leases.c.expires_at > now
-        )
-        event_live = sa.exists().where(
-            leases.c.execution_id == events.c.execution_id, leases.c.expires_at > now
-        )
+    def has_work(self, *, besides: Collection[str] = ()) -> bool:
+        """Whether any wake-up is unhandled or any event undecided, leased or not, in an
+        execution not named in ``besides``: what a worker asks before deciding that no work is
+        left. Takes no locks."""
         with self.read() as conn:
             wakeup = conn.execute(
-                sa.select(outbox.c.id).where(outbox.c.published_at.is_(None), ~wake_live).limit(1)
+                sa.select(outbox.c.id)
+                .where(outbox.c.published_at.is_(None), outbox.c.execution_id.not_in(besides))
+                .limit(1)
             ).first()
             if wakeup is not None:
                 return True
             pending = conn.execute(
-                sa.select(events.c.seq).where(events.c.status == "pending", ~event_live).limit(1)
+                sa.select(events.c.seq)
+                .where(events.c.status == "pending", events.c.execution_id.not_in(besides))
+                .limit(1)
             ).first()
             return pending is not None
 
-    def mark_published(self, conn: Connection, execution_id: str, up_to: int) -> None:
-        """Mark the execution's wake-ups up to outbox id ``up_to`` as handled."""
+    def mark_handled(self, conn: Connection, execution_id: str) -> None:
+        """Mark the execution's wake-ups handled, except those whose event is still pending
+        (it may have committed after the caller last looked)."""
+        still_pending = sa.exists().where(
+            events.c.event_id == outbox.c.event_id, events.c.status == "pending"
+        )
         conn.execute(
             outbox.update()
             .where(
                 outbox.c.execution_id == execution_id,
-                outbox.c.id <= up_to,
                 outbox.c.published_at.is_(None),
+                ~still_pending,
             )
             .values(published_at=self.clock())
-        )
-
-    def last_wakeup(self, conn: Connection, execution_id: str) -> int:
-        """The newest outbox id of the execution (0 for none)."""
-        return int(
-            conn.execute(
-                sa.select(sa.func.coalesce(sa.func.max(outbox.c.id), 0)).where(
-                    outbox.c.execution_id == execution_id
-                )
-            ).scalar_one()
         )
 
     def take_lease(self, execution_id: str, owner: str, ttl: float) -> int | None:
         """Take the execution's lease for ``ttl`` seconds if it is free or expired; returns the
         new fencing token, or ``None`` if it is held (by anyone, ``owner`` included: two threads
         of one worker never share an execution)."""
-        now = self.clock()
         try:
             with self.write() as conn:
-                query = sa.select(leases).where(leases.c.execution_id == execution_id)
-                if self.dialect == "postgresql":
-                    query = query.with_for_update()
-                row = conn.execute(query).first()
-                if row is None:
+                return self._take_lease(conn, execution_id, owner, ttl, self.clock())
+        except sa.exc.IntegrityError:
+            return None  # another worker inserted the lease first
+
+    def _take_lease(
+        self, conn: Connection, execution_id: str, owner: str, ttl: float, now: float
+    ) -> int | None:
+        query = sa.select(leases).where(leases.c.execution_id == execution_id)
+        if self.dialect == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            try:
+                with conn.begin_nested():
                     conn.execute(
                         leases.insert().values(
                             execution_id=execution_id, owner=owner, token=1, expires_at=now + ttl
                         )
                     )
-                    return 1
-                if row.expires_at > now:
-                    return None
-                token = int(row.token) + 1
-                conn.execute(
-                    leases.update()
-                    .where(leases.c.execution_id == execution_id)
-                    .values(owner=owner, token=token, expires_at=now + ttl)
-                )
-                return token
-        except sa.exc.IntegrityError:
-            return None  # another worker inserted the lease first
+            except sa.exc.IntegrityError:
+                return None  # another worker inserted it first
+            return 1
+        if row.expires_at > now:
+            return None
+        token = int(row.token) + 1
+        conn.execute(
+            leases.update()
+            .where(leases.c.execution_id == execution_id)
+            .values(owner=owner, token=token, expires_at=now + ttl)
+        )
+        return token
 
     def fence(
         self, conn: Connection, execution_id: str, owner: str, token: int, ttl: float

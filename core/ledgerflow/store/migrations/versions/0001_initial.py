@@ -81,8 +81,22 @@ def upgrade() -> None:
         sa.Column("published_at", sa.Double),
         sa.PrimaryKeyConstraint("id", name="pk_lf_outbox"),
     )
-    op.create_index("ix_lf_outbox_published_at_id", "lf_outbox", ["published_at", "id"])
-    op.create_index("ix_lf_outbox_execution_id", "lf_outbox", ["execution_id"])
+    unhandled = sa.text("published_at IS NULL")
+    op.create_index(
+        "ix_lf_outbox_unhandled_id",
+        "lf_outbox",
+        ["id"],
+        postgresql_where=unhandled,
+        sqlite_where=unhandled,
+    )
+    op.create_index(
+        "ix_lf_outbox_unhandled_execution_id",
+        "lf_outbox",
+        ["execution_id"],
+        postgresql_where=unhandled,
+        sqlite_where=unhandled,
+    )
+    op.create_index("ix_lf_outbox_event_id", "lf_outbox", ["event_id"])
     op.create_table(
         "lf_action_results",
         sa.Column("key", sa.String(300), nullable=False),
