@@ -54,6 +54,15 @@ def worker(db_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
     )
 
 
+def held(engine: Engine, execution_id: str) -> bool:
+    with engine.store.read() as conn:
+        expires = conn.execute(
+            sa.text("SELECT expires_at FROM lf_leases WHERE execution_id = :id"),
+            {"id": execution_id},
+        ).scalar()
+    return expires is not None and expires > time.time()
+
+
 def hit_rows(engine: Engine) -> list[sa.Row[tuple[object, ...]]]:
     with engine.store.read() as conn:
         return list(
@@ -159,3 +168,27 @@ def test_a_postgresql_worker_wakes_on_notify_not_on_its_poll(pg_url: str) -> Non
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
         engine.close()
+
+
+def test_a_stopping_worker_keeps_its_lease_until_the_event_is_committed(pg_url: str) -> None:
+    # PostgreSQL only: on SQLite the action's open write transaction blocks any rival anyway
+    counting = Engine(pg_url)
+    counting_app.setup(counting)
+    with counting.store.write() as conn:
+        conn.execute(counting_app.hits.delete())
+    execution_id = counting.create_execution("Counting", tenant=TENANT)
+    event_id = counting.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": 1})
+    proc = worker(counting.store.url, "--lease-ttl", "1", COUNTING_STEP_SECONDS="2.5")
+    deadline = time.monotonic() + 60
+    while not held(counting, execution_id):  # the worker has taken this execution
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # long before the 2.5 s action ends; the lease lives 1 s
+    time.sleep(1.5)
+    rival = counting.store.take_lease(execution_id, "rival", 30)
+    assert rival is None  # still renewed by the stopping worker
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert counting.event_status(event_id, tenant=TENANT).status == "processed"
+    assert len(hit_rows(counting)) == 1
+    counting.close()
