@@ -23,7 +23,7 @@ the end):
    roughly flat while the two replays grow with the ledger. The ledgers (an invoice created,
    escalated, then refused over and over: clerks may not reject) are built with
    ``ledgerflow.simulate`` (``decide`` and ``apply``) and written in bulk through the store's
-   own functions (``insert_records``, ``save_projection``, ``mark_published`` inside one
+   own functions (``insert_records``, ``save_projection``, ``mark_handled`` inside one
    ``SQLStore.write()``, the events' outcomes by one batched UPDATE of the columns
    ``set_event_outcome`` sets), not one enqueue at a time.
 
@@ -492,7 +492,7 @@ def write_ledger(engine: Engine, definition: Definition, ledger: Sequence[Record
         for first in range(0, len(outcomes), batch):
             conn.execute(_SET_OUTCOMES, outcomes[first : first + batch])
         store.save_projection(conn, execution_id, state)
-        store.mark_published(conn, execution_id, store.last_wakeup(conn, execution_id))
+        store.mark_handled(conn, execution_id)
     return execution_id
 
 

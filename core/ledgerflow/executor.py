@@ -181,7 +181,8 @@ class GraphRunner:
                         continue
                     if failure is None:
                         failure = f"step {step.id!r} failed: {outcome.error}"
-                        compensate = step.on_error.strategy == "compensate"
+                    # any failed step that asks for compensation gets it, whichever failed first
+                    compensate = compensate or step.on_error.strategy == "compensate"
                     waiting.clear()  # stop: nothing new starts; running steps finish
                 if failure is None:
                     start_ready()

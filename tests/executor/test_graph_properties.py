@@ -1,0 +1,153 @@
+"""Hypothesis over generated step graphs: every step runs at most once per key, never before
+the steps it depends on, the outcomes say exactly what ran, and running the same job again
+re-runs no recorded step."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledgerflow import definitions
+from ledgerflow.executor import GraphRunner, StepJob
+from ledgerflow.registry import ActionContext, ActionRegistry, Param
+from ledgerflow.store.sql import SQLStore
+
+STRATEGIES = ["stop", "continue", "compensate", "retry"]
+RUNS = itertools.count()
+
+
+class Probe:
+    """A real action that notes when each step ran, and fails the steps it is told to."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float, float]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        started = time.monotonic()
+        time.sleep(0.002)
+        finished = time.monotonic()
+        with self.lock:
+            self.calls.append((params["step"], started, finished))
+        if params["fail"]:
+            raise RuntimeError(f"{params['step']} fails")
+        return {"step": params["step"]}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLStore]:
+    path = Path(tmp_path_factory.mktemp("graph")) / "graph.db"
+    store = SQLStore(f"sqlite:///{path}")
+    store.upgrade()
+    yield store
+    store.close()
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> dict[str, Any]:
+    size = draw(st.integers(1, 7))
+    steps = []
+    for i in range(size):
+        deps = (
+            draw(st.lists(st.sampled_from([f"s{j}" for j in range(i)]), unique=True, max_size=3))
+            if i
+            else []
+        )
+        strategy = draw(st.sampled_from(STRATEGIES))
+        on_error: dict[str, Any] = {"strategy": strategy}
+        if strategy == "retry":
+            on_error |= {"attempts": 2, "backoff": {"initial": 0, "maximum": 0}}
+        steps.append(
+            {
+                "id": f"s{i}",
+                "action": "probe",
+                "depends_on": deps,
+                "params": {"step": f"s{i}", "fail": draw(st.booleans())},
+                "on_error": on_error,
+                "compensate": {"action": "undo", "params": {"step": f"s{i}"}},
+            }
+        )
+    return {
+        "name": "Graph",
+        "version": 1,
+        "initial_state": "a",
+        "states": ["a", "b"],
+        "terminal_states": ["b"],
+        "transitions": [{"from": "a", "to": "b", "on": "Go", "steps": steps}],
+    }
+
+
+def _runner(store: SQLStore, probe: Probe, undone: list[str]) -> GraphRunner:
+    registry = ActionRegistry()
+    registry.register_simple_action(
+        "probe",
+        "Note the call.",
+        [Param(name="step", type="string"), Param(name="fail", type="boolean")],
+        probe,
+    )
+    registry.register_simple_action(
+        "undo",
+        "Note the undo.",
+        [Param(name="step", type="string")],
+        lambda p, c: undone.append(p["step"]),
+    )
+    return GraphRunner(store, registry, max_parallel=4, sleep=lambda _: None)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(graph=graphs())
+def test_steps_run_once_after_their_dependencies_and_are_recorded_as_they_ran(
+    store: SQLStore, graph: dict[str, Any]
+) -> None:
+    definition = definitions.compile_workflow(definitions.parse(graph))
+    compiled = definition.transitions[0].steps
+    by_id = {cs.step.id: cs.step for cs in compiled}
+    probe, undone = Probe(), []  # type: ignore[var-annotated]
+    job = StepJob(
+        execution_id=f"x{next(RUNS)}",  # each example its own keys
+        tenant="t",
+        event_id="e",
+        steps=compiled,
+        variables={"payload": {}, "context": {}, "role": None, "event": "Go", "state": "a"},
+    )
+    result = _runner(store, probe, undone).run(job)
+
+    ends: dict[str, float] = {}
+    for step_id, started, finished in sorted(probe.calls, key=lambda c: c[1]):
+        for dep in by_id[step_id].depends_on:
+            assert dep in ends, f"{step_id} ran although {dep} did not"
+            assert ends[dep] <= started, f"{step_id} started before {dep} ended"
+        ends[step_id] = finished
+    called = [c[0] for c in probe.calls]
+    for step_id in set(called):
+        expected = by_id[step_id].on_error.attempts if by_id[step_id].params["fail"] else 1
+        assert called.count(step_id) == expected
+    succeeded = {o.step_id for o in result.outcomes if o.status == "succeeded"}
+    failed = {o.step_id for o in result.outcomes if o.status == "failed"}
+    assert succeeded == {s for s in set(called) if not by_id[s].params["fail"]}
+    assert failed == {s for s in set(called) if by_id[s].params["fail"]}
+    stopping = [s for s in failed if by_id[s].on_error.strategy != "continue"]
+    assert (result.failure is not None) == bool(stopping)
+    if any(by_id[s].on_error.strategy == "compensate" for s in stopping) and result.failure:
+        assert sorted(undone) == sorted(succeeded)
+    else:
+        assert undone == []
+
+    # the same job again, as after a crash before the outcome was committed: nothing that
+    # succeeded runs again
+    again = Probe()
+    second = _runner(store, again, []).run(job)
+    assert not ({c[0] for c in again.calls} & succeeded)
+    assert {o.step_id for o in second.outcomes if o.status == "succeeded"} >= succeeded & {
+        o.step_id for o in second.outcomes
+    }
