@@ -91,3 +91,16 @@ def engine(db_url: str) -> Iterator[Engine]:
     engine.register(INVOICE_APPROVAL)
     yield engine
     engine.close()
+
+
+@pytest.fixture
+def counting(db_url: str) -> Iterator[Engine]:
+    """An engine on ``db_url`` with the counting app of tests/apps set up and its hits empty."""
+    from apps import counting_app
+
+    engine = Engine(db_url)
+    counting_app.setup(engine)
+    with engine.store.write() as conn:
+        conn.execute(counting_app.hits.delete())
+    yield engine
+    engine.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,16 +17,6 @@ from ledgerflow.registry import ActionContext
 from ledgerflow.worker import Worker
 
 TENANT = "acme"
-
-
-@pytest.fixture
-def counting(db_url: str) -> Iterator[Engine]:
-    engine = Engine(db_url)
-    counting_app.setup(engine)
-    with engine.store.write() as conn:
-        conn.execute(counting_app.hits.delete())
-    yield engine
-    engine.close()
 
 
 def hit_count(engine: Engine) -> int:

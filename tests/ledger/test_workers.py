@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,6 @@ from ledgerflow.engine import Engine
 
 TESTS = Path(__file__).resolve().parents[1]
 TENANT = "acme"
-
-
-@pytest.fixture
-def counting(db_url: str) -> Iterator[Engine]:
-    engine = Engine(db_url)
-    counting_app.setup(engine)
-    with engine.store.write() as conn:
-        conn.execute(counting_app.hits.delete())
-    yield engine
-    engine.close()
 
 
 def worker(db_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
