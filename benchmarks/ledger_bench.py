@@ -23,7 +23,7 @@ the end):
    roughly flat while the two replays grow with the ledger. The ledgers (an invoice created,
    escalated, then refused over and over: clerks may not reject) are built with
    ``ledgerflow.simulate`` (``decide`` and ``apply``) and written in bulk through the store's
-   own functions (``insert_records``, ``save_projection``, ``mark_handled`` inside one
+   own functions (``insert_records``, ``save_projection`` inside one
    ``SQLStore.write()``, the events' outcomes by one batched UPDATE of the columns
    ``set_event_outcome`` sets), not one enqueue at a time.
 
@@ -77,7 +77,7 @@ import ledgerflow
 from ledgerflow import Definition, EventReceived, Record, State
 from ledgerflow.engine import Engine, Lease
 from ledgerflow.model import EventRejected, TransitionApplied
-from ledgerflow.store.schema import events
+from ledgerflow.store.schema import events, outbox
 from ledgerflow.store.sql import SQLStore, normalise_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -492,7 +492,11 @@ def write_ledger(engine: Engine, definition: Definition, ledger: Sequence[Record
         for first in range(0, len(outcomes), batch):
             conn.execute(_SET_OUTCOMES, outcomes[first : first + batch])
         store.save_projection(conn, execution_id, state)
-        store.mark_handled(conn, execution_id)
+        # every event is decided: its wake-ups are handled (one statement, not the engine's
+        # per-event check, which a planner without statistics on fresh bulk rows scans badly)
+        conn.execute(
+            outbox.update().where(outbox.c.execution_id == execution_id).values(published_at=now)
+        )
     return execution_id
 
 
