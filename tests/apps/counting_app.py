@@ -66,6 +66,9 @@ def _hit(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
         )
         Path(marker).write_text(str(os.getpid()))
         time.sleep(3600)
+    started_marker = os.environ.get("COUNTING_STARTED_MARKER")
+    if started_marker:
+        Path(started_marker).write_text(str(os.getpid()))  # the action is under way
     time.sleep(float(os.environ.get("COUNTING_STEP_SECONDS", "0")))
     context.connection.execute(
         hits.insert().values(

@@ -43,6 +43,17 @@ def worker(db_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
     )
 
 
+def listening(engine: Engine) -> bool:
+    with engine.store.read() as conn:
+        found = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+            )
+        ).scalar_one()
+    return bool(found)
+
+
 def held(engine: Engine, execution_id: str) -> bool:
     with engine.store.read() as conn:
         expires = conn.execute(
@@ -124,12 +135,15 @@ def test_a_worker_killed_mid_action_is_recovered_by_another(
     assert kinds.count("step_succeeded") == 1
 
 
-def test_sigterm_lets_the_worker_finish_the_event_in_hand(counting: Engine) -> None:
+def test_sigterm_lets_the_worker_finish_the_event_in_hand(counting: Engine, tmp_path: Path) -> None:
     execution_id = counting.create_execution("Counting", tenant=TENANT)
     first = counting.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": 1})
-    proc = worker(counting.store.url, COUNTING_STEP_SECONDS="1.5")
+    marker = tmp_path / "started"
+    proc = worker(
+        counting.store.url, COUNTING_STEP_SECONDS="1.5", COUNTING_STARTED_MARKER=str(marker)
+    )
     deadline = time.monotonic() + 60
-    while counting.store.row_counts()["lf_leases"] == 0:  # the worker has taken the execution
+    while not marker.exists():  # the action of the event is under way
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
@@ -145,7 +159,10 @@ def test_a_postgresql_worker_wakes_on_notify_not_on_its_poll(pg_url: str) -> Non
     counting_app.setup(engine)
     proc = worker(pg_url, "--poll-interval", "60")
     try:
-        time.sleep(2)  # let it start and go idle, listening
+        deadline = time.monotonic() + 60
+        while not listening(engine):  # the worker's LISTEN is in place
+            assert time.monotonic() < deadline, "the worker never listened"
+            time.sleep(0.1)
         execution_id = engine.create_execution("Counting", tenant="notify")
         event_id = engine.enqueue_event(execution_id, "Hit", tenant="notify", payload={"n": 3})
         deadline = time.monotonic() + 30  # far below the 60 s poll
@@ -159,7 +176,9 @@ def test_a_postgresql_worker_wakes_on_notify_not_on_its_poll(pg_url: str) -> Non
         engine.close()
 
 
-def test_a_stopping_worker_keeps_its_lease_until_the_event_is_committed(pg_url: str) -> None:
+def test_a_stopping_worker_keeps_its_lease_until_the_event_is_committed(
+    pg_url: str, tmp_path: Path
+) -> None:
     # PostgreSQL only: on SQLite the action's open write transaction blocks any rival anyway
     counting = Engine(pg_url)
     counting_app.setup(counting)
@@ -167,11 +186,19 @@ def test_a_stopping_worker_keeps_its_lease_until_the_event_is_committed(pg_url: 
         conn.execute(counting_app.hits.delete())
     execution_id = counting.create_execution("Counting", tenant=TENANT)
     event_id = counting.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": 1})
-    proc = worker(counting.store.url, "--lease-ttl", "1", COUNTING_STEP_SECONDS="2.5")
+    marker = tmp_path / "started"
+    proc = worker(
+        counting.store.url,
+        "--lease-ttl",
+        "1",
+        COUNTING_STEP_SECONDS="2.5",
+        COUNTING_STARTED_MARKER=str(marker),
+    )
     deadline = time.monotonic() + 60
-    while not held(counting, execution_id):  # the worker has taken this execution
+    while not marker.exists():  # the action of the event is under way
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    assert held(counting, execution_id)
     proc.send_signal(signal.SIGTERM)  # long before the 2.5 s action ends; the lease lives 1 s
     time.sleep(1.5)
     rival = counting.store.take_lease(execution_id, "rival", 30)
