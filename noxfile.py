@@ -56,9 +56,11 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Measure enqueue latency, end-to-end throughput and replay cost (not part of the tests).
+    """Measure enqueue latency, end-to-end throughput, replay cost and parallel steps (not part
+    of the tests).
 
     ``nox -s bench -- --quick`` is a one-minute smoke run; figures are printed as one table.
     """
     session.install(".[postgres]")
     session.run("python", "benchmarks/ledger_bench.py", *session.posargs)
+    session.run("python", "benchmarks/steps_bench.py")
