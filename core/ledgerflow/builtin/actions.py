@@ -4,16 +4,21 @@
   result; for steps whose only job is to leave an audited trace.
 - ``ledgerflow.notify``: sends ``message`` to ``channel`` through the ``log`` notifier (the
   ``ledgerflow.notify`` logger) and returns what was sent.
+- ``ledgerflow.db.insert`` / ``update`` / ``delete``: exactly-once changes to the application's
+  own tables in ledgerflow's database, scoped to the execution's tenant.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
-from ledgerflow.registry import ActionContext, ActionRegistry, Param
+import sqlalchemy as sa
 
-__all__ = ["register_builtin_actions"]
+from ledgerflow.registry import ActionContext, ActionRegistry, Isolation, Param
+
+__all__ = ["register_builtin_actions", "register_database_actions"]
 
 notify_log = logging.getLogger("ledgerflow.notify")
 
@@ -34,6 +39,7 @@ def _notify(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
 
 def register_builtin_actions(registry: ActionRegistry) -> None:
     """Register every built-in action in ``registry``."""
+    register_database_actions(registry)
     registry.register_simple_action(
         "ledgerflow.record",
         "Keep the given parameters in the ledger as the step's result.",
@@ -49,4 +55,124 @@ def register_builtin_actions(registry: ActionRegistry) -> None:
             Param(name="message", type="string", description="What it says."),
         ],
         _notify,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Database actions on the application's own tables
+# --------------------------------------------------------------------------------------------
+
+
+class _Tables:
+    """The application's tables, read from the database once per engine and table name."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, str], sa.Table] = {}
+        self._lock = threading.Lock()
+
+    def get(self, conn: sa.Connection, name: str) -> sa.Table:
+        if not isinstance(name, str) or not name:
+            raise ValueError("table must be a table name")
+        if name.lower().startswith("lf_"):
+            raise ValueError(f"table {name!r} belongs to ledgerflow; actions cannot change it")
+        key = (id(conn.engine), name)
+        with self._lock:
+            table = self._known.get(key)
+        if table is None:
+            try:
+                table = sa.Table(name, sa.MetaData(), autoload_with=conn)
+            except sa.exc.NoSuchTableError:
+                raise ValueError(f"no table {name!r} in the database") from None
+            with self._lock:
+                self._known[key] = table
+        return table
+
+
+def _columns(table: sa.Table, given: dict[str, Any], what: str) -> None:
+    unknown = sorted(set(given) - set(table.c.keys()))
+    if unknown:
+        raise ValueError(f"{what}: table {table.name!r} has no column {', '.join(unknown)}")
+
+
+def _scoped(table: sa.Table, values: dict[str, Any], tenant: str, what: str) -> dict[str, Any]:
+    """``values`` with the tenant column set to the execution's tenant, when the table has one;
+    naming another tenant is an error."""
+    if "tenant" not in table.c:
+        return dict(values)
+    if values.get("tenant", tenant) != tenant:
+        raise ValueError(f"{what}: tenant {values['tenant']!r} is not this execution's tenant")
+    return {**values, "tenant": tenant}
+
+
+def register_database_actions(registry: ActionRegistry) -> None:
+    """Register ``ledgerflow.db.insert``, ``ledgerflow.db.update`` and ``ledgerflow.db.delete``:
+    exactly-once changes to the application's tables in ledgerflow's database.
+
+    A table with a ``tenant`` column is scoped to the execution's tenant: inserted rows get it,
+    updates and deletes only touch its rows. ledgerflow's own tables (``lf_*``) are refused.
+    """
+    tables = _Tables()
+
+    def insert(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        assert context.connection is not None
+        table = tables.get(context.connection, params["table"])
+        values = _scoped(table, params["values"], context.tenant, "values")
+        _columns(table, values, "values")
+        context.connection.execute(table.insert().values(**values))
+        return {"table": table.name, "inserted": 1}
+
+    def _where(table: sa.Table, params: dict[str, Any], tenant: str) -> list[Any]:
+        where = _scoped(table, params["where"], tenant, "where")
+        if not params["where"]:
+            raise ValueError("where must name at least one column: whole-table changes are refused")
+        _columns(table, where, "where")
+        return [table.c[column] == value for column, value in where.items()]
+
+    def update(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        assert context.connection is not None
+        table = tables.get(context.connection, params["table"])
+        _columns(table, params["values"], "values")
+        if "tenant" in params["values"] and "tenant" in table.c:
+            raise ValueError("values: the tenant of a row cannot be changed")
+        done = context.connection.execute(
+            table.update().where(*_where(table, params, context.tenant)).values(**params["values"])
+        )
+        return {"table": table.name, "updated": done.rowcount}
+
+    def delete(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        assert context.connection is not None
+        table = tables.get(context.connection, params["table"])
+        done = context.connection.execute(
+            table.delete().where(*_where(table, params, context.tenant))
+        )
+        return {"table": table.name, "deleted": done.rowcount}
+
+    table_param = Param(name="table", type="string", description="The table's name.")
+    registry.register_database_action(
+        "ledgerflow.db.insert",
+        "Insert one row (column: value) into a table of ledgerflow's database, exactly once.",
+        [table_param, Param(name="values", type="object", description="Column values.")],
+        Isolation.READ_COMMITTED,
+        insert,
+    )
+    registry.register_database_action(
+        "ledgerflow.db.update",
+        "Set column values on the rows matching every where column, exactly once.",
+        [
+            table_param,
+            Param(name="values", type="object", description="Columns to set."),
+            Param(name="where", type="object", description="Column values rows must have."),
+        ],
+        Isolation.READ_COMMITTED,
+        update,
+    )
+    registry.register_database_action(
+        "ledgerflow.db.delete",
+        "Delete the rows matching every where column, exactly once.",
+        [
+            table_param,
+            Param(name="where", type="object", description="Column values rows must have."),
+        ],
+        Isolation.READ_COMMITTED,
+        delete,
     )
