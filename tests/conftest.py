@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings
 
 import ledgerflow
 from ledgerflow.engine import Engine
@@ -36,6 +37,12 @@ def invoice() -> ledgerflow.Definition:
     """The InvoiceApproval example, loaded and compiled."""
     return ledgerflow.load(INVOICE_APPROVAL)
 
+
+# CI runs every property with the same examples, so a red run can be replayed exactly;
+# elsewhere hypothesis keeps exploring new ones.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 PG_ADMIN = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

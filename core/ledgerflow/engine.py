@@ -155,7 +155,10 @@ class Engine:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Release the store's connections."""
+        """Release the store's connections and the step runner's threads."""
+        close_runner = getattr(self.runner, "close", None)
+        if callable(close_runner):
+            close_runner()
         self.store.close()
 
     # ----------------------------------------------------------------------------------------
@@ -301,6 +304,7 @@ class Engine:
             raise ExecutionNotFoundError(f"execution {execution_id} not found")
         definition = self.definition(row.workflow, row.version)
         self._check_event(definition, event, payload)
+        last_conflict: Exception | None = None
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
                 with self.store.write() as conn:
@@ -314,14 +318,18 @@ class Engine:
                         conn, execution_id, tenant, [record], client_key=key
                     )
                     return event_id
-            except sa.exc.IntegrityError:
+            except sa.exc.IntegrityError as exc:
                 # another append took this seq (or this client key) first: look again
+                last_conflict = exc
                 time.sleep(min(0.001 * 2**attempt, 0.05))
-            except sa.exc.OperationalError as exc:
+            except sa.exc.DBAPIError as exc:
+                # a deadlock or serialization failure is worth one more try; a database that
+                # stayed locked through the busy timeout, or is down, is not
                 if attempt + 1 == _COMMIT_ATTEMPTS or not _retryable(exc):
-                    raise StoreUnavailableError(f"event not appended: {exc.orig or exc}") from exc
+                    raise StoreUnavailableError(f"event not appended: {_first_line(exc)}") from exc
         raise StoreUnavailableError(
-            f"event not appended to {execution_id}: {_COMMIT_ATTEMPTS} concurrent appends won"
+            f"event not appended to {execution_id}: {_COMMIT_ATTEMPTS} concurrent appends won "
+            f"(last conflict: {_first_line(last_conflict) if last_conflict else 'none'})"
         )
 
     @staticmethod
@@ -615,10 +623,10 @@ def _holds_nul(value: Any) -> bool:
     return False
 
 
-def _retryable(exc: sa.exc.OperationalError) -> bool:
-    text = str(exc.orig or exc).lower()
-    return (
-        "locked" in text
-        or "busy" in text
-        or getattr(exc.orig, "sqlstate", "") in ("40001", "40P01")
-    )
+def _retryable(exc: sa.exc.DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", "") in ("40001", "40P01")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -46,7 +46,7 @@ def test_the_stored_ledger_replays_to_the_projection(
     for batch in batches:
         for event in batch:
             # an event refused up front writes nothing, as the engine tests check
-            with contextlib.suppress(ledgerflow.InvalidEventError):
+            with contextlib.suppress(ledgerflow.InvalidInputError):
                 engine.enqueue_event(
                     execution_id, event.name, tenant="t", role=event.role, payload=event.payload
                 )
