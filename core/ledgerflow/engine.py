@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from ledgerflow import definitions as definitions_module
 from ledgerflow import machine
-from ledgerflow.builtin.actions import register_builtin_actions
+from ledgerflow.builtin.actions import register_builtin_actions, register_emit_event
 from ledgerflow.definitions import Definition
 from ledgerflow.errors import (
     DefinitionConflictError,
@@ -149,6 +149,8 @@ class Engine:
         self.registry = registry if registry is not None else ActionRegistry()
         if "ledgerflow.record" not in self.registry:
             register_builtin_actions(self.registry)
+        if "ledgerflow.emit_event" not in self.registry:
+            register_emit_event(self.registry, self)
         self.runner: StepRunner = runner or GraphRunner(self.store, self.registry)
         self.clock = clock
         self._definitions: dict[tuple[str, int], Definition] = {}
@@ -303,7 +305,7 @@ class Engine:
         if row is None:
             raise ExecutionNotFoundError(f"execution {execution_id} not found")
         definition = self.definition(row.workflow, row.version)
-        self._check_event(definition, event, payload)
+        self.check_event(definition, event, payload)
         last_conflict: Exception | None = None
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
@@ -333,7 +335,9 @@ class Engine:
         )
 
     @staticmethod
-    def _check_event(definition: Definition, event: str, payload: Mapping[str, JSON]) -> None:
+    def check_event(definition: Definition, event: str, payload: Mapping[str, JSON]) -> None:
+        """Raise :class:`InvalidEventError` unless ``definition`` knows ``event`` and
+        ``payload`` satisfies its schema."""
         if not isinstance(event, str) or event not in definition.known_events:
             known = ", ".join(sorted(definition.known_events))
             raise InvalidEventError(

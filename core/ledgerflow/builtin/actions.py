@@ -6,19 +6,25 @@
   ``ledgerflow.notify`` logger) and returns what was sent.
 - ``ledgerflow.db.insert`` / ``update`` / ``delete``: exactly-once changes to the application's
   own tables in ledgerflow's database, scoped to the execution's tenant.
+- ``ledgerflow.emit_event``: appends an event to this or another execution of the tenant,
+  exactly once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ledgerflow.model import EventReceived
 from ledgerflow.registry import ActionContext, ActionRegistry, Isolation, Param
 
-__all__ = ["register_builtin_actions", "register_database_actions"]
+if TYPE_CHECKING:
+    from ledgerflow.engine import Engine
+
+__all__ = ["register_builtin_actions", "register_database_actions", "register_emit_event"]
 
 notify_log = logging.getLogger("ledgerflow.notify")
 
@@ -175,4 +181,70 @@ def register_database_actions(registry: ActionRegistry) -> None:
         ],
         Isolation.READ_COMMITTED,
         delete,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Events from steps
+# --------------------------------------------------------------------------------------------
+
+
+def register_emit_event(registry: ActionRegistry, engine: Engine) -> None:
+    """Register ``ledgerflow.emit_event``: append an event to this execution or another one of
+    the same tenant, exactly once, in the step's own transaction.
+
+    The event is checked like a client's (known to the target's workflow version, payload valid
+    against its schema), carries the step's idempotency key as its client key, and is marked as
+    sent by the system, so transitions' role lists do not apply to it.
+    """
+
+    def emit(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        conn = context.connection
+        assert conn is not None
+        target = params.get("execution_id") or context.execution_id
+        row = engine.store.execution_row(conn, target, context.tenant)
+        if row is None:
+            raise ValueError(f"execution {target} not found")
+        definition = engine.definition(row.workflow, row.version)
+        engine.check_event(definition, params["event"], params["payload"])
+        existing = engine.store.event_by_key(conn, target, context.idempotency_key)
+        if existing is not None:
+            return {"execution_id": target, "event_id": existing}
+        for _ in range(20):
+            try:
+                with conn.begin_nested():
+                    seq = engine.store.last_seq(conn, target) + 1
+                    record = EventReceived(
+                        seq=seq, name=params["event"], payload=params["payload"], origin="system"
+                    )
+                    (event_id,) = engine.store.insert_records(
+                        conn, target, context.tenant, [record], client_key=context.idempotency_key
+                    )
+                return {"execution_id": target, "event_id": event_id}
+            except sa.exc.IntegrityError:
+                continue  # a client appended at this seq first: take the next one
+        raise RuntimeError(f"could not append to {target}: concurrent appends kept winning")
+
+    registry.register_database_action(
+        "ledgerflow.emit_event",
+        "Append an event to this execution, or another of the same tenant, exactly once.",
+        [
+            Param(name="event", type="string", description="The event's name."),
+            Param(
+                name="payload",
+                type="object",
+                required=False,
+                default={},
+                description="Its payload.",
+            ),
+            Param(
+                name="execution_id",
+                type="string",
+                required=False,
+                default="",
+                description="The execution to send it to (default: this one).",
+            ),
+        ],
+        Isolation.READ_COMMITTED,
+        emit,
     )
