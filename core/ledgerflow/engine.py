@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from ledgerflow import definitions as definitions_module
 from ledgerflow import machine
-from ledgerflow.builtin.actions import register_builtin_actions, register_emit_event
+from ledgerflow.builtin.actions import SET_CONTEXT, register_builtin_actions, register_emit_event
 from ledgerflow.definitions import Definition
 from ledgerflow.errors import (
     DefinitionConflictError,
@@ -40,6 +40,7 @@ from ledgerflow.executor import GraphRunner, RunResult, StepJob, StepRunner
 from ledgerflow.model import (
     JSON,
     Accepted,
+    ContextUpdated,
     EventReceived,
     ExecutionFailed,
     Record,
@@ -501,8 +502,12 @@ class Engine:
         event = stored.record
         assert isinstance(event, EventReceived)
         decision = machine.decide(definition, state, event)
+        context_steps: frozenset[str] = frozenset()
         if isinstance(decision, Accepted):
             compiled = next(ct for ct in definition.transitions if ct.id == decision.transition)
+            context_steps = frozenset(
+                cs.step.id for cs in compiled.steps if cs.step.action == SET_CONTEXT
+            )
             variables = {
                 "payload": dict(event.payload),
                 "context": dict(state.context),
@@ -535,7 +540,7 @@ class Engine:
                     self.store.fence(conn, execution_id, lease.owner, lease.token, lease.ttl)
                     arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
                     base = machine.fold(definition, [a.record for a in arrived], state)
-                    new = _records(decision, result, event.seq, base.seq + 1)
+                    new = _records(decision, result, event.seq, base.seq + 1, context_steps)
                     self.store.insert_records(conn, execution_id, tenant, new)
                     after = machine.fold(definition, new, base)
                     self.store.set_event_outcome(
@@ -555,34 +560,53 @@ class Engine:
         raise LedgerflowError(f"execution {execution_id}: could not commit event {event.seq}")
 
 
-def _records(decision: Any, result: RunResult, event_seq: int, first_seq: int) -> list[Record]:
+def _records(
+    decision: Any,
+    result: RunResult,
+    event_seq: int,
+    first_seq: int,
+    context_steps: frozenset[str] = frozenset(),
+) -> list[Record]:
+    """The records of one processed event, numbered from ``first_seq``: the decision, each
+    step's outcome (a ``set_context`` step's values follow its success), and the failure."""
     new: list[Record] = [decision.record(seq=first_seq, event_seq=event_seq)]
-    for outcome in result.outcomes:
-        seq = first_seq + len(new)
-        if outcome.status == "succeeded":
+    for o in result.outcomes:
+        if o.status == "succeeded":
             new.append(
                 StepSucceeded(
-                    seq=seq,
+                    seq=first_seq + len(new),
                     event_seq=event_seq,
-                    step_id=outcome.step_id,
-                    result=outcome.result,
-                    attempts=outcome.attempts,
+                    step_id=o.step_id,
+                    result=o.result,
+                    attempts=o.attempts,
                 )
             )
-        elif outcome.status == "compensated":
+            if o.step_id in context_steps and isinstance(o.result, Mapping):
+                new.append(
+                    ContextUpdated(
+                        seq=first_seq + len(new),
+                        event_seq=event_seq,
+                        step_id=o.step_id,
+                        values=o.result,
+                    )
+                )
+        elif o.status == "compensated":
             new.append(
                 StepCompensated(
-                    seq=seq, event_seq=event_seq, step_id=outcome.step_id, result=outcome.result
+                    seq=first_seq + len(new),
+                    event_seq=event_seq,
+                    step_id=o.step_id,
+                    result=o.result,
                 )
             )
         else:
             new.append(
                 StepFailed(
-                    seq=seq,
+                    seq=first_seq + len(new),
                     event_seq=event_seq,
-                    step_id=outcome.step_id,
-                    error=outcome.error,
-                    attempts=outcome.attempts,
+                    step_id=o.step_id,
+                    error=o.error,
+                    attempts=o.attempts,
                 )
             )
     if result.failure:

@@ -18,6 +18,7 @@ from ledgerflow.errors import ExpressionError, LedgerError
 from ledgerflow.model import (
     JSON,
     Accepted,
+    ContextUpdated,
     Decision,
     Event,
     EventReceived,
@@ -90,6 +91,8 @@ def apply(definition: Definition, state: State | None, record: Record) -> State:
             return attrs.evolve(state, seq=record.seq, decided_seq=record.event_seq)
         case ExecutionFailed():
             return attrs.evolve(state, seq=record.seq, status=Status.FAILED)
+        case ContextUpdated():
+            return attrs.evolve(state, seq=record.seq, context={**state.context, **record.values})
         case EventReceived() | StepSucceeded() | StepFailed() | StepCompensated():
             return attrs.evolve(state, seq=record.seq)
         case ExecutionStarted():

@@ -24,6 +24,7 @@ __all__ = [
     "Accepted",
     "Backoff",
     "Compensation",
+    "ContextUpdated",
     "Decision",
     "Event",
     "EventReceived",
@@ -321,6 +322,18 @@ class ExecutionFailed:
     reason: str
 
 
+@attrs.frozen(kw_only=True)
+class ContextUpdated:
+    """Step ``step_id`` (a ``ledgerflow.set_context`` step) merged ``values`` into the
+    execution's context."""
+
+    kind: ClassVar[str] = "context_updated"
+    seq: int
+    event_seq: int
+    step_id: str
+    values: Mapping[str, JSON] = attrs.field(factory=dict, converter=_dict)
+
+
 Record: TypeAlias = (
     ExecutionStarted
     | EventReceived
@@ -330,6 +343,7 @@ Record: TypeAlias = (
     | StepFailed
     | StepCompensated
     | ExecutionFailed
+    | ContextUpdated
 )
 """Any record of a ledger."""
 
@@ -342,6 +356,7 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     StepFailed,
     StepCompensated,
     ExecutionFailed,
+    ContextUpdated,
 )
 
 

@@ -2,6 +2,8 @@
 
 - ``ledgerflow.record``: returns its parameters, so they are kept in the ledger as the step's
   result; for steps whose only job is to leave an audited trace.
+- ``ledgerflow.set_context``: merges its parameters into the execution's context once the step
+  succeeds (recorded as ``context_updated``); later events see them, and so do conditions.
 - ``ledgerflow.notify``: sends ``message`` to ``channel`` through the ``log`` notifier (the
   ``ledgerflow.notify`` logger) and returns what was sent.
 - ``ledgerflow.db.insert`` / ``update`` / ``delete``: exactly-once changes to the application's
@@ -28,8 +30,15 @@ __all__ = ["register_builtin_actions", "register_database_actions", "register_em
 
 notify_log = logging.getLogger("ledgerflow.notify")
 
+SET_CONTEXT = "ledgerflow.set_context"
+"""The action whose result the engine merges into the context (a ``context_updated`` record)."""
+
 
 def _record(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    return dict(params)
+
+
+def _set_context(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     return dict(params)
 
 
@@ -51,6 +60,13 @@ def register_builtin_actions(registry: ActionRegistry) -> None:
         "Keep the given parameters in the ledger as the step's result.",
         [],
         _record,
+        additional_params=True,
+    )
+    registry.register_simple_action(
+        SET_CONTEXT,
+        "Merge the given parameters into the execution's context.",
+        [],
+        _set_context,
         additional_params=True,
     )
     registry.register_simple_action(
