@@ -8,6 +8,8 @@
   ``ledgerflow.notify`` logger) and returns what was sent.
 - ``ledgerflow.db.insert`` / ``update`` / ``delete``: exactly-once changes to the application's
   own tables in ledgerflow's database, scoped to the execution's tenant.
+- ``ledgerflow.http_request``: one HTTP call, at least once, sending the step's idempotency key
+  as the ``Idempotency-Key`` header; the answer's status and body are the result.
 - ``ledgerflow.emit_event``: appends an event to this or another execution of the tenant,
   exactly once.
 """
@@ -26,7 +28,12 @@ from ledgerflow.registry import ActionContext, ActionRegistry, Isolation, Param
 if TYPE_CHECKING:
     from ledgerflow.engine import Engine
 
-__all__ = ["register_builtin_actions", "register_database_actions", "register_emit_event"]
+__all__ = [
+    "register_builtin_actions",
+    "register_database_actions",
+    "register_emit_event",
+    "register_http_request",
+]
 
 notify_log = logging.getLogger("ledgerflow.notify")
 
@@ -55,6 +62,7 @@ def _notify(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
 def register_builtin_actions(registry: ActionRegistry) -> None:
     """Register every built-in action in ``registry``."""
     register_database_actions(registry)
+    register_http_request(registry)
     registry.register_simple_action(
         "ledgerflow.record",
         "Keep the given parameters in the ledger as the step's result.",
@@ -263,4 +271,76 @@ def register_emit_event(registry: ActionRegistry, engine: Engine) -> None:
         ],
         Isolation.READ_COMMITTED,
         emit,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP
+# --------------------------------------------------------------------------------------------
+
+
+def _http_request(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    import httpx
+
+    method = params["method"].upper()
+    if method not in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"):
+        raise ValueError(
+            f"method {params['method']!r} is not one of GET, POST, PUT, PATCH, DELETE, HEAD"
+        )
+    headers = {str(k): str(v) for k, v in params["headers"].items()}
+    # the receiving service can drop a repeat: the key is the same on every retry
+    headers.setdefault("Idempotency-Key", context.idempotency_key)
+    response = httpx.request(
+        method,
+        params["url"],
+        headers=headers,
+        json=params["json"],
+        timeout=params["timeout"],
+    )
+    if params["raise_for_status"]:
+        response.raise_for_status()
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    return {"status": response.status_code, "body": body}
+
+
+def register_http_request(registry: ActionRegistry) -> None:
+    """Register ``ledgerflow.http_request``: one HTTP call, at least once, with the step's
+    idempotency key sent as the ``Idempotency-Key`` header."""
+    registry.register_simple_action(
+        "ledgerflow.http_request",
+        "Make one HTTP request, sending the step's idempotency key as Idempotency-Key.",
+        [
+            Param(name="url", type="string", description="The URL to call."),
+            Param(
+                name="method",
+                type="string",
+                required=False,
+                default="POST",
+                description="The method.",
+            ),
+            Param(
+                name="json", type="any", required=False, default=None, description="A JSON body."
+            ),
+            Param(
+                name="headers",
+                type="object",
+                required=False,
+                default={},
+                description="Extra headers.",
+            ),
+            Param(
+                name="timeout", type="number", required=False, default=10, description="Seconds."
+            ),
+            Param(
+                name="raise_for_status",
+                type="boolean",
+                required=False,
+                default=True,
+                description="Fail the step on a 4xx or 5xx answer.",
+            ),
+        ],
+        _http_request,
     )
