@@ -35,8 +35,10 @@ from ledgerflow.errors import (
     LedgerflowError,
     StoreUnavailableError,
     WorkflowNotFoundError,
+    first_line,
 )
 from ledgerflow.executor import GraphRunner, RunResult, StepJob, StepRunner
+from ledgerflow.json_values import holds_nul
 from ledgerflow.model import (
     JSON,
     Accepted,
@@ -329,10 +331,10 @@ class Engine:
                 # a deadlock or serialization failure is worth one more try; a database that
                 # stayed locked through the busy timeout, or is down, is not
                 if attempt + 1 == _COMMIT_ATTEMPTS or not _retryable(exc):
-                    raise StoreUnavailableError(f"event not appended: {_first_line(exc)}") from exc
+                    raise StoreUnavailableError(f"event not appended: {first_line(exc)}") from exc
         raise StoreUnavailableError(
             f"event not appended to {execution_id}: {_COMMIT_ATTEMPTS} concurrent appends won "
-            f"(last conflict: {_first_line(last_conflict) if last_conflict else 'none'})"
+            f"(last conflict: {first_line(last_conflict) if last_conflict else 'none'})"
         )
 
     @staticmethod
@@ -637,24 +639,9 @@ def _require_json(value: Any, what: str) -> None:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"the {what} must be JSON: {exc}") from exc
-    if "\\u0000" in text and _holds_nul(value):
+    if "\\u0000" in text and holds_nul(value):
         raise InvalidInputError(f"the {what} holds a NUL character, which cannot be stored")
-
-
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, Mapping):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
 
 
 def _retryable(exc: sa.exc.DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", "") in ("40001", "40P01")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -134,3 +134,10 @@ class SchemaError(LedgerflowError):
 
 class StoreUnavailableError(LedgerflowError):
     """The database could not be reached or refused the operation; nothing was acknowledged."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of what ``exc`` (or the driver error it wraps) says: enough for a log
+    line or a one-line error, without the SQL and parameters SQLAlchemy appends."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

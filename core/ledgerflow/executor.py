@@ -42,6 +42,7 @@ from ledgerflow.errors import (
     LedgerflowError,
     StoreUnavailableError,
     UnknownActionError,
+    first_line,
 )
 from ledgerflow.model import JSON, Step
 from ledgerflow.registry import Action, ActionContext, ActionRegistry
@@ -124,14 +125,18 @@ class GraphRunner:
         self.max_parallel = max_parallel
         self.sleep = sleep
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
 
     def close(self) -> None:
         """Stop the event loop of ``async def`` actions, if one was started."""
         with self._loop_lock:
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._loop = None
+            loop, thread = self._loop, self._loop_thread
+            self._loop = self._loop_thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
 
     def run(self, job: StepJob) -> RunResult:
         """Run ``job``'s steps; see the module's documentation for the strategies."""
@@ -326,7 +331,7 @@ class GraphRunner:
             except sa.exc.DBAPIError as exc:
                 if not _transient(exc):
                     raise
-                log.info("step %s: transaction retried after %s", step.id, _first_line(exc))
+                log.info("step %s: transaction retried after %s", step.id, first_line(exc))
                 self.sleep(min(0.05 * 2**retry, 2.0))
         raise StoreUnavailableError(
             f"step {step.id}: the database kept refusing the transaction "
@@ -361,10 +366,11 @@ class GraphRunner:
         with self._loop_lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                threading.Thread(
+                thread = threading.Thread(
                     target=loop.run_forever, name="ledgerflow-async-actions", daemon=True
-                ).start()
-                self._loop = loop
+                )
+                thread.start()
+                self._loop, self._loop_thread = loop, thread
             return self._loop
 
     @staticmethod
@@ -404,11 +410,6 @@ def _transient(exc: sa.exc.DBAPIError) -> bool:
     return isinstance(exc, sa.exc.OperationalError) and ("locked" in text or "busy" in text)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 @contextlib.contextmanager
 def _store_errors() -> Iterator[None]:
     """The store's own operations: a database error there is the engine's trouble."""
@@ -417,7 +418,7 @@ def _store_errors() -> Iterator[None]:
     except sa.exc.IntegrityError:
         raise
     except sa.exc.SQLAlchemyError as exc:
-        raise StoreUnavailableError(f"the ledger's database failed: {_first_line(exc)}") from exc
+        raise StoreUnavailableError(f"the ledger's database failed: {first_line(exc)}") from exc
 
 
 def _describe(exc: BaseException) -> str:

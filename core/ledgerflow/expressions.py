@@ -28,6 +28,7 @@ import attrs
 import cel_expr_python.cel as cel
 
 from ledgerflow.errors import ExpressionError
+from ledgerflow.json_values import holds_nul
 from ledgerflow.model import JSON
 
 __all__ = [
@@ -135,21 +136,11 @@ def compile_expression(source: str) -> Expression:
 def _refuse_nul(value: Any, source: str) -> None:
     # The runtime reads input strings as C strings and would silently cut them at a NUL:
     # refuse rather than evaluate over data that is not what was sent.
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, str):
-            if "\x00" in node:
-                raise ExpressionError(
-                    "a string holding the NUL character (\\u0000) cannot be passed to an "
-                    "expression",
-                    source=source,
-                )
-        elif isinstance(node, Mapping):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, list | tuple):
-            stack.extend(node)
+    if holds_nul(value):
+        raise ExpressionError(
+            "a string holding the NUL character (\\u0000) cannot be passed to an expression",
+            source=source,
+        )
 
 
 def _json_type(value: object) -> str:

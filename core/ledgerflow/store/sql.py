@@ -22,7 +22,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from ledgerflow.errors import LeaseLostError, SchemaError, StoreUnavailableError
+from ledgerflow.errors import LeaseLostError, SchemaError, StoreUnavailableError, first_line
 from ledgerflow.model import Record, State
 from ledgerflow.store import codec
 from ledgerflow.store.schema import (
@@ -162,7 +162,7 @@ class SQLStore:
         except sa.exc.OperationalError as exc:
             raise StoreUnavailableError(
                 f"cannot reach the database at {self.engine.url.render_as_string()}: "
-                f"{_first_line(exc)}"
+                f"{first_line(exc)}"
             ) from exc
         with conn:
             yield conn
@@ -679,8 +679,3 @@ class SQLStore:
                 t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
                 for t in tables
             }
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
