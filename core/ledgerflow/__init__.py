@@ -44,6 +44,7 @@ from ledgerflow.model import (
     EventRejected,
     EventSpec,
     ExecutionFailed,
+    ExecutionResumed,
     ExecutionStarted,
     OnError,
     Problem,
@@ -58,6 +59,7 @@ from ledgerflow.model import (
     StepSucceeded,
     Transition,
     TransitionApplied,
+    TransitionReverted,
     Workflow,
 )
 from ledgerflow.registry import Action, ActionContext, ActionRegistry, Isolation, Param
@@ -92,6 +94,7 @@ __all__ = [
     "Execution",
     "ExecutionFailed",
     "ExecutionNotFoundError",
+    "ExecutionResumed",
     "ExecutionStarted",
     "ExpressionError",
     "HistoryEntry",
@@ -119,6 +122,7 @@ __all__ = [
     "StoreUnavailableError",
     "Transition",
     "TransitionApplied",
+    "TransitionReverted",
     "UnknownActionError",
     "Worker",
     "Workflow",

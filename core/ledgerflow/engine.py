@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from ledgerflow import definitions as definitions_module
 from ledgerflow import machine
 from ledgerflow.builtin.actions import SET_CONTEXT, register_builtin_actions, register_emit_event
-from ledgerflow.definitions import Definition
+from ledgerflow.definitions import CompiledStep, Definition
 from ledgerflow.errors import (
     DefinitionConflictError,
     DefinitionError,
@@ -44,22 +44,30 @@ from ledgerflow.model import (
     Accepted,
     ContextUpdated,
     EventReceived,
+    EventRejected,
     ExecutionFailed,
+    ExecutionResumed,
     Record,
+    RejectReason,
     State,
     Status,
     StepCompensated,
     StepFailed,
     StepSucceeded,
+    TransitionApplied,
+    TransitionReverted,
     Workflow,
 )
 from ledgerflow.registry import ActionRegistry
 from ledgerflow.store.sql import SQLStore, StoredRecord
 
-__all__ = ["DEFAULT_DB", "Engine", "EventInfo", "Execution", "HistoryEntry", "Lease"]
+__all__ = ["DEFAULT_DB", "RETRY_EVENT", "Engine", "EventInfo", "Execution", "HistoryEntry", "Lease"]
 
 DEFAULT_DB = "sqlite:///ledgerflow.db"
 """The store used when none is given: an SQLite file in the working directory."""
+
+RETRY_EVENT = "ledgerflow.retry"
+"""The name of the system event :meth:`Engine.retry` appends to resume a failed execution."""
 
 log = logging.getLogger("ledgerflow.engine")
 
@@ -309,6 +317,22 @@ class Engine:
             raise ExecutionNotFoundError(f"execution {execution_id} not found")
         definition = self.definition(row.workflow, row.version)
         self.check_event(definition, event, payload)
+        return self._append_event(
+            execution_id,
+            tenant,
+            lambda seq: EventReceived(seq=seq, name=event, payload=payload, role=role),
+            key,
+        )
+
+    def _append_event(
+        self,
+        execution_id: str,
+        tenant: str,
+        make: Callable[[int], EventReceived],
+        key: str | None,
+    ) -> str:
+        """Append the event ``make(seq)`` after the ledger's last record, with its outbox row,
+        retrying when a concurrent append took the seq; a known ``key`` returns its event."""
         last_conflict: Exception | None = None
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
@@ -318,9 +342,8 @@ class Engine:
                         if existing is not None:
                             return existing
                     seq = self.store.last_seq(conn, execution_id) + 1
-                    record = EventReceived(seq=seq, name=event, payload=payload, role=role)
                     (event_id,) = self.store.insert_records(
-                        conn, execution_id, tenant, [record], client_key=key
+                        conn, execution_id, tenant, [make(seq)], client_key=key
                     )
                     return event_id
             except sa.exc.IntegrityError as exc:
@@ -335,6 +358,49 @@ class Engine:
         raise StoreUnavailableError(
             f"event not appended to {execution_id}: {_COMMIT_ATTEMPTS} concurrent appends won "
             f"(last conflict: {first_line(last_conflict) if last_conflict else 'none'})"
+        )
+
+    def retry(self, execution_id: str, *, tenant: str, requested_by: str | None = None) -> str:
+        """Ask for the failed execution to be resumed from its point of failure; returns the id
+        of the retry event a worker will process.
+
+        The retry runs again every step of the failed event's transition that has no recorded
+        success (recorded ones are not re-run: their stored results are used), or, when the
+        failure came while compensating, every compensation not yet recorded. If that
+        succeeds the execution is active again (completed, in a terminal state), or back in the
+        state the transition left if it was compensated; if not, it is failed again and can be
+        retried again. Asking twice before a worker gets to it appends one retry.
+
+        Raises :class:`ExecutionNotFoundError` for an unknown execution (or another tenant's)
+        and :class:`InvalidInputError` for one that is not failed.
+        """
+        _require_tenant(tenant)
+        if requested_by is not None:
+            if not isinstance(requested_by, str):
+                raise InvalidInputError("requested_by must be a string")
+            _require_name(requested_by, "requester")
+        with self.store.read() as conn:
+            row = self.store.execution_row(conn, execution_id, tenant)
+            if row is None:
+                raise ExecutionNotFoundError(f"execution {execution_id} not found")
+            if row.status != Status.FAILED.value:
+                raise InvalidInputError(
+                    f"execution {execution_id} is {row.status}, not failed: nothing to retry"
+                )
+            failures = [
+                s.record
+                for s in self.store.records(conn, execution_id, tenant)
+                if isinstance(s.record, ExecutionFailed)
+            ]
+        failed = failures[-1]
+        payload: dict[str, JSON] = {"event_seq": failed.event_seq}
+        if requested_by is not None:
+            payload["requested_by"] = requested_by
+        return self._append_event(
+            execution_id,
+            tenant,
+            lambda seq: EventReceived(seq=seq, name=RETRY_EVENT, payload=payload, origin="system"),
+            f"{RETRY_EVENT}:{len(failures)}",
         )
 
     @staticmethod
@@ -503,51 +569,23 @@ class Engine:
     ) -> tuple[State, list[StoredRecord]]:
         event = stored.record
         assert isinstance(event, EventReceived)
-        decision = machine.decide(definition, state, event)
-        context_steps: frozenset[str] = frozenset()
-        if isinstance(decision, Accepted):
-            compiled = next(ct for ct in definition.transitions if ct.id == decision.transition)
-            context_steps = frozenset(
-                cs.step.id for cs in compiled.steps if cs.step.action == SET_CONTEXT
-            )
-            variables = {
-                "payload": dict(event.payload),
-                "context": dict(state.context),
-                "role": event.role,
-                "event": event.name,
-                "state": state.name,
-            }
-            result = self.runner.run(
-                StepJob(
-                    execution_id=execution_id,
-                    tenant=tenant,
-                    event_id=stored.event_id,
-                    steps=compiled.steps,
-                    variables=variables,
-                    fence=lambda conn: self.store.fence(
-                        conn, execution_id, lease.owner, lease.token, lease.ttl
-                    ),
-                )
-            )
-            status = "failed" if result.failure else "processed"
-            outcome, detail = (
-                ("failed", result.failure) if result.failure else ("applied", decision.target)
-            )
+        if event.origin == "system" and event.name == RETRY_EVENT:
+            plan = self._retry_plan(definition, execution_id, tenant, lease, state, stored)
         else:
-            result = RunResult(outcomes=())
-            status, outcome, detail = "rejected", decision.reason.value, decision.detail
+            plan = self._event_plan(definition, execution_id, tenant, lease, state, stored)
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
                 with self.store.write() as conn:
                     self.store.fence(conn, execution_id, lease.owner, lease.token, lease.ttl)
                     arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
                     base = machine.fold(definition, [a.record for a in arrived], state)
-                    new = _records(decision, result, event.seq, base.seq + 1, context_steps)
+                    new = plan.build(base.seq + 1)
                     self.store.insert_records(conn, execution_id, tenant, new)
                     after = machine.fold(definition, new, base)
-                    self.store.set_event_outcome(
-                        conn, execution_id, event.seq, status=status, outcome=outcome, detail=detail
-                    )
+                    for seq, status, outcome, detail in plan.outcomes:
+                        self.store.set_event_outcome(
+                            conn, execution_id, seq, status=status, outcome=outcome, detail=detail
+                        )
                     self.store.save_projection(conn, execution_id, after)
                     every = self.store.snapshot_every
                     if every > 0 and after.seq // every > state.seq // every:
@@ -561,60 +599,237 @@ class Engine:
                 time.sleep(min(0.001 * 2**attempt, 0.05))
         raise LedgerflowError(f"execution {execution_id}: could not commit event {event.seq}")
 
+    def _job(
+        self,
+        execution_id: str,
+        tenant: str,
+        lease: Lease,
+        event_id: str,
+        steps: tuple[CompiledStep, ...],
+        event: EventReceived,
+        before: State,
+    ) -> StepJob:
+        return StepJob(
+            execution_id=execution_id,
+            tenant=tenant,
+            event_id=event_id,
+            steps=steps,
+            variables={
+                "payload": dict(event.payload),
+                "context": dict(before.context),
+                "role": event.role,
+                "event": event.name,
+                "state": before.name,
+            },
+            fence=lambda conn: self.store.fence(
+                conn, execution_id, lease.owner, lease.token, lease.ttl
+            ),
+        )
 
-def _records(
-    decision: Any,
+    def _event_plan(
+        self,
+        definition: Definition,
+        execution_id: str,
+        tenant: str,
+        lease: Lease,
+        state: State,
+        stored: StoredRecord,
+    ) -> _Plan:
+        """Decide a client's (or timer's) event and run the steps of the transition it applies."""
+        event = stored.record
+        assert isinstance(event, EventReceived)
+        decision = machine.decide(definition, state, event)
+        if not isinstance(decision, Accepted):
+
+            def rejected(first: int) -> list[Record]:
+                return [decision.record(seq=first, event_seq=event.seq)]
+
+            reason = (decision.reason.value, decision.detail)
+            return _Plan(rejected, [(event.seq, "rejected", *reason)])
+        compiled = next(ct for ct in definition.transitions if ct.id == decision.transition)
+        job = self._job(execution_id, tenant, lease, stored.event_id, compiled.steps, event, state)
+        result = self.runner.run(job)
+        context_steps = _context_steps(compiled.steps)
+
+        def build(first: int) -> list[Record]:
+            applied = decision.record(seq=first, event_seq=event.seq)
+            new: list[Record] = [applied]
+            new += _step_records(result, event.seq, first + 1, context_steps)
+            new += _ending(result, event.seq, first + len(new), applied, state.context)
+            return new
+
+        return _Plan(build, [(event.seq, *_event_outcome(result, decision.target))])
+
+    def _retry_plan(
+        self,
+        definition: Definition,
+        execution_id: str,
+        tenant: str,
+        lease: Lease,
+        state: State,
+        stored: StoredRecord,
+    ) -> _Plan:
+        """Resume a failed execution: run again what its failed event left undone."""
+        event = stored.record
+        assert isinstance(event, EventReceived)
+        if state.status is not Status.FAILED:
+            detail = f"the execution is {state.status.value}: nothing to retry"
+
+            def not_failed(first: int) -> list[Record]:
+                return [
+                    EventRejected(
+                        seq=first,
+                        event_seq=event.seq,
+                        reason=RejectReason.NOT_FAILED,
+                        detail=detail,
+                    )
+                ]
+
+            return _Plan(not_failed, [(event.seq, "rejected", RejectReason.NOT_FAILED, detail)])
+        with self.store.read() as conn:
+            ledger = self.store.records(conn, execution_id, tenant)
+        failed = next(s.record for s in reversed(ledger) if isinstance(s.record, ExecutionFailed))
+        n = failed.event_seq
+        original = ledger[n - 1]
+        assert isinstance(original.record, EventReceived)
+        assert original.record.seq == n
+        applied = next(
+            s.record
+            for s in ledger
+            if isinstance(s.record, TransitionApplied) and s.record.event_seq == n
+        )
+        before = machine.fold(definition, [s.record for s in ledger[: n - 1]])
+        compiled = next(ct for ct in definition.transitions if ct.id == applied.transition)
+        mine = [s.record for s in ledger if getattr(s.record, "event_seq", None) == n]
+        succeeded = [r.step_id for r in mine if isinstance(r, StepSucceeded)]
+        results = {r.step_id: r.result for r in mine if isinstance(r, StepSucceeded)}
+        undone = {r.step_id for r in mine if isinstance(r, StepCompensated)}
+        job = self._job(
+            execution_id, tenant, lease, original.event_id, compiled.steps, original.record, before
+        )
+        if failed.compensating:
+            result = self.runner.compensate(job, succeeded, results, failed.reason)
+            fresh = [
+                o
+                for o in result.outcomes
+                if not (o.status == "compensated" and o.step_id in undone)
+            ]
+        else:
+            result = self.runner.run(job)
+            done = set(succeeded)
+            fresh = [
+                o for o in result.outcomes if not (o.status == "succeeded" and o.step_id in done)
+            ]
+        result = attrs.evolve(result, outcomes=tuple(fresh))
+        context_steps = _context_steps(compiled.steps)
+        requested_by = event.payload.get("requested_by")
+
+        def build(first: int) -> list[Record]:
+            new: list[Record] = [
+                ExecutionResumed(
+                    seq=first,
+                    event_seq=event.seq,
+                    retried_seq=n,
+                    requested_by=requested_by if isinstance(requested_by, str) else None,
+                )
+            ]
+            new += _step_records(result, n, first + 1, context_steps)
+            new += _ending(result, n, first + len(new), applied, before.context)
+            return new
+
+        status, outcome, detail = _event_outcome(result, applied.target)
+        return _Plan(
+            build,
+            [
+                (n, status, outcome, detail),
+                (
+                    event.seq,
+                    "failed" if status == "failed" else "processed",
+                    "retried",
+                    f"event {n}: {outcome}" + (f" ({detail})" if detail else ""),
+                ),
+            ],
+        )
+
+
+@attrs.frozen
+class _Plan:
+    """What processing one event writes: its records, numbered from the seq given to
+    ``build``, and the ``(seq, status, outcome, detail)`` of each event it settles."""
+
+    build: Callable[[int], list[Record]]
+    outcomes: list[tuple[int, str, str | None, str | None]]
+
+
+def _context_steps(steps: tuple[CompiledStep, ...]) -> frozenset[str]:
+    return frozenset(cs.step.id for cs in steps if cs.step.action == SET_CONTEXT)
+
+
+def _event_outcome(result: RunResult, target: str) -> tuple[str, str, str]:
+    """The status, outcome and detail of an event whose transition ran ``result``."""
+    if result.failure is None:
+        return "processed", "applied", target
+    if result.compensated and result.compensation_failure is None:
+        return "failed", "compensated", result.failure
+    return "failed", "failed", result.compensation_failure or result.failure
+
+
+def _ending(
     result: RunResult,
     event_seq: int,
-    first_seq: int,
-    context_steps: frozenset[str] = frozenset(),
+    seq: int,
+    applied: TransitionApplied,
+    context_before: Mapping[str, JSON],
 ) -> list[Record]:
-    """The records of one processed event, numbered from ``first_seq``: the decision, each
-    step's outcome (a ``set_context`` step's values follow its success), and the failure."""
-    new: list[Record] = [decision.record(seq=first_seq, event_seq=event_seq)]
-    for o in result.outcomes:
-        if o.status == "succeeded":
-            new.append(
-                StepSucceeded(
-                    seq=first_seq + len(new),
-                    event_seq=event_seq,
-                    step_id=o.step_id,
-                    result=o.result,
-                    attempts=o.attempts,
-                )
+    """The record closing a run: none when it succeeded, the transition's reversal when it
+    failed and was wholly compensated, the execution's failure otherwise."""
+    if result.failure is None:
+        return []
+    if result.compensated and result.compensation_failure is None:
+        return [
+            TransitionReverted(
+                seq=seq,
+                event_seq=event_seq,
+                transition=applied.transition,
+                source=applied.target,
+                target=applied.source,
+                context=context_before,
             )
-            if o.step_id in context_steps and isinstance(o.result, Mapping):
-                new.append(
-                    ContextUpdated(
-                        seq=first_seq + len(new),
-                        event_seq=event_seq,
-                        step_id=o.step_id,
-                        values=o.result,
-                    )
-                )
+        ]
+    return [
+        ExecutionFailed(
+            seq=seq,
+            event_seq=event_seq,
+            reason=result.compensation_failure or result.failure,
+            compensating=result.compensation_failure is not None,
+        )
+    ]
+
+
+def _step_records(
+    result: RunResult, event_seq: int, first_seq: int, context_steps: frozenset[str]
+) -> list[Record]:
+    """The records of a run's step outcomes, numbered from ``first_seq``; a ``set_context``
+    step's values follow its success."""
+    new: list[Record] = []
+    for o in result.outcomes:
+        seq = first_seq + len(new)
+        record: Record
+        if o.status == "succeeded":
+            record = StepSucceeded(seq=seq, event_seq=event_seq, step_id=o.step_id, result=o.result)
         elif o.status == "compensated":
-            new.append(
-                StepCompensated(
-                    seq=first_seq + len(new),
-                    event_seq=event_seq,
-                    step_id=o.step_id,
-                    result=o.result,
-                )
+            record = StepCompensated(
+                seq=seq, event_seq=event_seq, step_id=o.step_id, result=o.result
             )
         else:
-            new.append(
-                StepFailed(
-                    seq=first_seq + len(new),
-                    event_seq=event_seq,
-                    step_id=o.step_id,
-                    error=o.error,
-                    attempts=o.attempts,
-                )
-            )
-    if result.failure:
+            record = StepFailed(seq=seq, event_seq=event_seq, step_id=o.step_id, error=o.error)
         new.append(
-            ExecutionFailed(seq=first_seq + len(new), event_seq=event_seq, reason=result.failure)
+            attrs.evolve(record, attempts=o.attempts, started_at=o.started_at, duration=o.duration)
         )
+        if o.status == "succeeded" and o.step_id in context_steps and isinstance(o.result, Mapping):
+            new.append(
+                ContextUpdated(seq=seq + 1, event_seq=event_seq, step_id=o.step_id, values=o.result)
+            )
     return new
 
 

@@ -26,7 +26,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED
 from typing import Any, Protocol
 
@@ -84,14 +84,23 @@ class StepOutcome:
     result: JSON = None
     error: str = ""
     attempts: int = 1
+    started_at: float = 0.0
+    duration: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
 class RunResult:
-    """The outcomes in the order they happened, and why the execution failed, if it did."""
+    """The outcomes in the order they happened, and why the execution failed, if it did.
+
+    ``compensated`` says the completed steps were compensated (a failed step asked for it);
+    ``compensation_failure`` says why undoing them failed, if it did. A run that failed and
+    was wholly compensated leaves nothing done: its transition is to be reverted.
+    """
 
     outcomes: tuple[StepOutcome, ...]
     failure: str | None = None
+    compensated: bool = False
+    compensation_failure: str | None = None
 
 
 class StepRunner(Protocol):
@@ -99,6 +108,13 @@ class StepRunner(Protocol):
 
     def run(self, job: StepJob) -> RunResult:
         """Run ``job``'s steps and say how each ended."""
+        ...
+
+    def compensate(
+        self, job: StepJob, completed: Sequence[str], results: Mapping[str, JSON], failure: str
+    ) -> RunResult:
+        """Compensate the steps of ``job`` named in ``completed`` (in the order they
+        completed; undone last first), after ``failure``."""
         ...
 
 
@@ -117,6 +133,7 @@ class GraphRunner:
         *,
         max_parallel: int = 8,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
@@ -124,6 +141,7 @@ class GraphRunner:
         self.registry = registry
         self.max_parallel = max_parallel
         self.sleep = sleep
+        self.clock = clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
@@ -192,7 +210,9 @@ class GraphRunner:
                 if failure is None:
                     start_ready()
         if compensate:
-            outcomes += self._compensate(job, completed, results)
+            assert failure is not None
+            undone = self.compensate(job, [c.step.id for c in completed], results, failure)
+            return attrs.evolve(undone, outcomes=(*outcomes, *undone.outcomes))
         return RunResult(outcomes=tuple(outcomes), failure=failure)
 
     def _run_step(
@@ -200,6 +220,7 @@ class GraphRunner:
     ) -> StepOutcome:
         step = compiled.step
         key = idempotency_key(job.execution_id, job.event_id, step.id)
+        started_at, started = self.clock(), time.monotonic()
         retrying = step.on_error.strategy == "retry"
         backoff = step.on_error.backoff
         attempts = 0
@@ -239,40 +260,72 @@ class GraphRunner:
                 status="failed",
                 error=_describe(exc),
                 attempts=attempts,
+                started_at=started_at,
+                duration=time.monotonic() - started,
             )
-        return StepOutcome(step_id=step.id, status="succeeded", result=result, attempts=attempts)
+        return StepOutcome(
+            step_id=step.id,
+            status="succeeded",
+            result=result,
+            attempts=attempts,
+            started_at=started_at,
+            duration=time.monotonic() - started,
+        )
 
-    def _compensate(
-        self, job: StepJob, completed: list[CompiledStep], results: Mapping[str, Any]
-    ) -> list[StepOutcome]:
-        """Undo completed steps, the last completed first (a step completes after every step
-        it depends on, so this is reverse dependency order)."""
+    def compensate(
+        self, job: StepJob, completed: Sequence[str], results: Mapping[str, JSON], failure: str
+    ) -> RunResult:
+        """Undo the completed steps named in ``completed``, the last completed first (a step
+        completes after every step it depends on, so this is reverse dependency order), each
+        through its compensating action under the key ``…:<step_id>:compensate``; a step with
+        no compensating action is left as it is. Every compensation is attempted even when one
+        fails; a compensation already recorded is not run again."""
+        by_id = {cs.step.id: cs for cs in job.steps}
         outcomes = []
+        problems = []
         variables = {
             **job.variables,
             "steps": {k: {"result": v} for k, v in results.items()},
             "execution": {"id": job.execution_id, "tenant": job.tenant},
         }
-        for compiled in reversed(completed):
+        for step_id in reversed(completed):
+            compiled = by_id[step_id]
             step = compiled.step
             if step.compensate is None or compiled.compensate_params is None:
                 continue
             key = idempotency_key(job.execution_id, job.event_id, step.id, compensation=True)
+            started_at, started = self.clock(), time.monotonic()
             try:
                 params = compiled.compensate_params.render(variables)
                 result = self._call(job, step, step.compensate.action, params, key, 1)
-                outcomes.append(StepOutcome(step_id=step.id, status="compensated", result=result))
+                outcomes.append(
+                    StepOutcome(
+                        step_id=step.id,
+                        status="compensated",
+                        result=result,
+                        started_at=started_at,
+                        duration=time.monotonic() - started,
+                    )
+                )
             except _NOT_THE_ACTIONS:
                 raise
             except Exception as exc:
+                problems.append(f"compensating step {step.id!r} failed: {_describe(exc)}")
                 outcomes.append(
                     StepOutcome(
                         step_id=step.id,
                         status="failed",
                         error=f"compensation: {_describe(exc)}",
+                        started_at=started_at,
+                        duration=time.monotonic() - started,
                     )
                 )
-        return outcomes
+        return RunResult(
+            outcomes=tuple(outcomes),
+            failure=failure,
+            compensated=True,
+            compensation_failure="; ".join(problems) or None,
+        )
 
     def _call(
         self, job: StepJob, step: Step, name: str, params: JSON, key: str, attempt: int

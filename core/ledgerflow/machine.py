@@ -24,6 +24,7 @@ from ledgerflow.model import (
     EventReceived,
     EventRejected,
     ExecutionFailed,
+    ExecutionResumed,
     ExecutionStarted,
     Record,
     Rejected,
@@ -34,6 +35,7 @@ from ledgerflow.model import (
     StepFailed,
     StepSucceeded,
     TransitionApplied,
+    TransitionReverted,
 )
 
 __all__ = ["apply", "decide", "fold", "simulate", "start"]
@@ -91,6 +93,24 @@ def apply(definition: Definition, state: State | None, record: Record) -> State:
             return attrs.evolve(state, seq=record.seq, decided_seq=record.event_seq)
         case ExecutionFailed():
             return attrs.evolve(state, seq=record.seq, status=Status.FAILED)
+        case TransitionReverted():
+            if record.source != state.name:
+                raise LedgerError(
+                    f"seq {record.seq}: reverting a transition into {record.source!r} while in "
+                    f"{state.name!r}"
+                )
+            return attrs.evolve(
+                state,
+                seq=record.seq,
+                name=record.target,
+                context=record.context,
+                status=Status.COMPLETED if definition.is_terminal(record.target) else Status.ACTIVE,
+            )
+        case ExecutionResumed():
+            if state.status is not Status.FAILED:
+                raise LedgerError(f"seq {record.seq}: resuming an execution that is not failed")
+            status = Status.COMPLETED if definition.is_terminal(state.name) else Status.ACTIVE
+            return attrs.evolve(state, seq=record.seq, status=status, decided_seq=record.event_seq)
         case ContextUpdated():
             return attrs.evolve(state, seq=record.seq, context={**state.context, **record.values})
         case EventReceived() | StepSucceeded() | StepFailed() | StepCompensated():

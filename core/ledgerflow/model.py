@@ -31,6 +31,7 @@ __all__ = [
     "EventRejected",
     "EventSpec",
     "ExecutionFailed",
+    "ExecutionResumed",
     "ExecutionStarted",
     "OnError",
     "Problem",
@@ -45,6 +46,7 @@ __all__ = [
     "StepSucceeded",
     "Transition",
     "TransitionApplied",
+    "TransitionReverted",
     "Workflow",
 ]
 
@@ -264,6 +266,8 @@ class RejectReason(enum.StrEnum):
     PAYLOAD_INVALID = "payload_invalid"
     EXECUTION_FINISHED = "execution_finished"
     EXPRESSION_ERROR = "expression_error"
+    NOT_FAILED = "not_failed"
+    """A retry was asked for an execution that is no longer failed (another retry mended it)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -287,11 +291,16 @@ class StepSucceeded:
     step_id: str
     result: JSON = None
     attempts: int = 1
+    started_at: float = 0.0
+    """When the step's first attempt started (seconds since the epoch)."""
+    duration: float = 0.0
+    """Seconds from the first attempt's start to the outcome, backoff included."""
 
 
 @attrs.frozen(kw_only=True)
 class StepFailed:
-    """Step ``step_id`` failed for good after ``attempts`` tries; ``error`` says why."""
+    """Step ``step_id`` failed for good after ``attempts`` tries; ``error`` says why. A failed
+    compensation is recorded as a ``StepFailed`` whose ``error`` starts with ``compensation:``."""
 
     kind: ClassVar[str] = "step_failed"
     seq: int
@@ -299,6 +308,8 @@ class StepFailed:
     step_id: str
     error: str
     attempts: int = 1
+    started_at: float = 0.0
+    duration: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
@@ -310,16 +321,51 @@ class StepCompensated:
     event_seq: int
     step_id: str
     result: JSON = None
+    attempts: int = 1
+    started_at: float = 0.0
+    duration: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
 class ExecutionFailed:
-    """The execution stopped for good because of ``reason``; later events are rejected."""
+    """The execution stopped because of ``reason``: later events are rejected until a retry
+    (:class:`ExecutionResumed`) mends it. ``compensating`` says the failure happened while
+    undoing event ``event_seq``'s transition, so a retry resumes the compensation."""
 
     kind: ClassVar[str] = "execution_failed"
     seq: int
     event_seq: int
     reason: str
+    compensating: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class TransitionReverted:
+    """Every completed step of event ``event_seq``'s transition was compensated, so the
+    transition is undone: the execution is back in ``target`` (the state the transition left)
+    with ``context`` (the context before it), and active."""
+
+    kind: ClassVar[str] = "transition_reverted"
+    seq: int
+    event_seq: int
+    transition: str
+    source: str
+    target: str
+    context: Mapping[str, JSON] = attrs.field(factory=dict, converter=_dict)
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionResumed:
+    """A retry (event ``event_seq``, sent by the system) resumed the failed execution: the
+    steps of event ``retried_seq`` that have no recorded outcome run again (or, when the failure
+    came while compensating, the compensation does). The execution is active again, or
+    completed if it is in a terminal state, until the retry's own outcome is recorded."""
+
+    kind: ClassVar[str] = "execution_resumed"
+    seq: int
+    event_seq: int
+    retried_seq: int
+    requested_by: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -344,6 +390,8 @@ Record: TypeAlias = (
     | StepCompensated
     | ExecutionFailed
     | ContextUpdated
+    | TransitionReverted
+    | ExecutionResumed
 )
 """Any record of a ledger."""
 
@@ -357,6 +405,8 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     StepCompensated,
     ExecutionFailed,
     ContextUpdated,
+    TransitionReverted,
+    ExecutionResumed,
 )
 
 
