@@ -10,10 +10,12 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ledgerflow import store
+from ledgerflow.breakers import BreakerPolicy, BreakerState, CircuitBreakers
 from ledgerflow.definitions import Definition, compile_workflow, load, loads, validate
 from ledgerflow.engine import Engine, EventInfo, Execution, HistoryEntry
 from ledgerflow.errors import (
     ActionRegistrationError,
+    CircuitOpenError,
     DefinitionConflictError,
     DefinitionError,
     EventNotFoundError,
@@ -78,6 +80,10 @@ __all__ = [
     "ActionRegistrationError",
     "ActionRegistry",
     "Backoff",
+    "BreakerPolicy",
+    "BreakerState",
+    "CircuitBreakers",
+    "CircuitOpenError",
     "Compensation",
     "ContextUpdated",
     "Decision",

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActionRegistrationError",
+    "CircuitOpenError",
     "DefinitionConflictError",
     "DefinitionError",
     "EventNotFoundError",
@@ -84,7 +85,60 @@ class InvalidParametersError(LedgerflowError):
 
 
 class ActionRegistrationError(LedgerflowError):
-    """An action cannot be registered: a duplicate name, a bad schema, a bad isolation level."""
+    """An action cannot be registered: a duplicate name, a bad schema, a bad isolation level, a
+    bad circuit breaker policy."""
+
+
+class CircuitOpenError(LedgerflowError):
+    """The circuit breaker of ``action`` is open: the call was refused without being made.
+
+    ``retry_after`` is how many seconds from now a trial call may be admitted (never negative);
+    ``when_open`` is the action's policy for this case: ``"fail"`` (the call fails now) or
+    ``"delay"`` (the caller holds the event back and tries again after ``retry_after``).
+    ``last_error`` is the last failure recorded for the action, if any. ``str(error)`` is one
+    line naming the action, the last error and when a call will be tried again.
+    """
+
+    def __init__(
+        self,
+        action: str,
+        *,
+        retry_after: float,
+        when_open: str,
+        last_error: str | None = None,
+    ) -> None:
+        self.action = action
+        self.retry_after = max(0.0, retry_after)
+        self.when_open = when_open
+        self.last_error = last_error
+        cause = "no error recorded" if not last_error else _one_line(last_error)
+        super().__init__(
+            f"the circuit of action {action!r} is open (last error: {cause}); "
+            f"a call will be tried again in {self.retry_after:.1f} s"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # keyword-only arguments: rebuild from them, so the error survives pickling
+        return _rebuild_circuit_open, (
+            self.action,
+            self.retry_after,
+            self.when_open,
+            self.last_error,
+        )
+
+
+def _rebuild_circuit_open(
+    action: str, retry_after: float, when_open: str, last_error: str | None
+) -> CircuitOpenError:
+    return CircuitOpenError(
+        action, retry_after=retry_after, when_open=when_open, last_error=last_error
+    )
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    lines = text.strip().splitlines()
+    line = lines[0].strip() if lines else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class NotFoundError(LedgerflowError):

@@ -6,6 +6,9 @@ do anything and is run at least once per idempotency key; a *database* action re
 transaction at the isolation level it declares, and its effect commits together with its result
 record: exactly once per key.
 
+An action may have a circuit breaker (:class:`~ledgerflow.breakers.BreakerPolicy`): opt-in, per
+action. Without one, every call is made however often the action fails.
+
 The registry only registers, validates and describes actions; an executor runs them. It is an
 ordinary object: build one per engine (plugins register into it), never a module global.
 
@@ -48,6 +51,7 @@ from cattrs.cols import (
 )
 from cattrs.gen import make_dict_structure_fn
 
+from ledgerflow.breakers import BreakerPolicy
 from ledgerflow.errors import ActionRegistrationError, InvalidParametersError, UnknownActionError
 from ledgerflow.model import JSON
 
@@ -679,6 +683,12 @@ class Action:
     field of a type without a JSON form, a ``fn`` that cannot be called as ``fn(params, ctx)``.
     ``params`` may be given as a list of :class:`Param` or mappings and ``isolation`` as a
     string; both are normalised.
+
+    ``breaker`` is the action's circuit breaker policy, or ``None`` (the default) for no
+    breaker. With one, the executor stops calling the action, in every worker, once it has
+    failed ``breaker.failures`` times in a row, and tries again with one trial call after
+    ``breaker.reset_after`` seconds (see :mod:`ledgerflow.breakers`). A breaker that is not a
+    :class:`~ledgerflow.breakers.BreakerPolicy` raises :class:`ActionRegistrationError`.
     """
 
     name: str
@@ -689,6 +699,7 @@ class Action:
     params_class: type | None = None
     additional_params: bool = False
     fn: Callable[..., Any]
+    breaker: BreakerPolicy | None = None
     is_async: bool = attrs.field(
         default=attrs.Factory(lambda self: _is_async(self.fn), takes_self=True)
     )
@@ -712,6 +723,11 @@ class Action:
             )
         self._check_isolation()
         self._check_fn()
+        if self.breaker is not None and not isinstance(self.breaker, BreakerPolicy):
+            raise ActionRegistrationError(
+                f"action {name!r}: breaker must be a BreakerPolicy or None, "
+                f"not {type(self.breaker).__name__}"
+            )
         if (self.params is None) == (self.params_class is None):
             raise ActionRegistrationError(
                 f"action {name!r}: give exactly one schema: params (a list of Param) or "
@@ -862,13 +878,16 @@ class ActionRegistry:
         fn: Callable[..., Any],
         *,
         additional_params: bool = False,
+        breaker: BreakerPolicy | None = None,
     ) -> Action:
         """Register ``fn`` as a simple action, run at least once per idempotency key.
 
         ``params`` lists its parameters, as :class:`Param` or mappings of the same keys
         (``{"name": "userId", "type": "string", "required": True}``); with
         ``additional_params``, fields not listed are accepted too and passed on unchecked.
-        Raises :class:`ActionRegistrationError` as :class:`Action` and :meth:`register` do.
+        ``breaker`` gives the action a circuit breaker shared by every worker (none by
+        default; see :class:`Action`). Raises :class:`ActionRegistrationError` as
+        :class:`Action` and :meth:`register` do.
         """
         return self.register(
             Action(
@@ -878,6 +897,7 @@ class ActionRegistry:
                 params=_params(params, str(name)),
                 additional_params=additional_params,
                 fn=fn,
+                breaker=breaker,
             )
         )
 
@@ -890,13 +910,15 @@ class ActionRegistry:
         fn: Callable[..., Any],
         *,
         additional_params: bool = False,
+        breaker: BreakerPolicy | None = None,
     ) -> Action:
         """Register ``fn`` as a database action, run in a transaction at ``isolation`` that also
         records its result: exactly once per idempotency key.
 
         ``isolation`` is an :class:`Isolation` or its value (``"SERIALIZABLE"``);
-        ``params`` and ``additional_params`` are as for :meth:`register_simple_action`. Raises
-        :class:`ActionRegistrationError` as :class:`Action` and :meth:`register` do.
+        ``params``, ``additional_params`` and ``breaker`` are as for
+        :meth:`register_simple_action`. Raises :class:`ActionRegistrationError` as
+        :class:`Action` and :meth:`register` do.
         """
         return self.register(
             Action(
@@ -907,6 +929,7 @@ class ActionRegistry:
                 params=_params(params, str(name)),
                 additional_params=additional_params,
                 fn=fn,
+                breaker=breaker,
             )
         )
 
@@ -918,6 +941,7 @@ class ActionRegistry:
         params: type | None = None,
         isolation: Isolation | str | None = None,
         additional_params: bool = False,
+        breaker: BreakerPolicy | None = None,
     ) -> Callable[[F], F]:
         """A decorator that registers the function it decorates and returns it unchanged.
 
@@ -925,8 +949,9 @@ class ActionRegistry:
         its docstring. ``params`` is an attrs class, the schema, or ``None`` for an action that
         takes no parameters (with ``additional_params``: no declared parameters, any given
         passed on unchecked). With ``isolation`` the action is a database action, without it a
-        simple one. Raises :class:`ActionRegistrationError` as :class:`Action` and
-        :meth:`register` do::
+        simple one. ``breaker`` gives it a circuit breaker shared by every worker (none by
+        default; see :class:`Action`). Raises :class:`ActionRegistrationError` as
+        :class:`Action` and :meth:`register` do::
 
             @registry.action("billing.charge", params=Charge, isolation="SERIALIZABLE")
             def charge(params: Charge, ctx: ActionContext) -> dict[str, Any]: ...
@@ -948,6 +973,7 @@ class ActionRegistry:
                     params_class=params,
                     additional_params=additional_params,
                     fn=fn,
+                    breaker=breaker,
                 )
             )
             return fn
@@ -976,8 +1002,10 @@ class ActionRegistry:
 
     def describe(self) -> list[dict[str, Any]]:
         """Every action, sorted by name, as plain JSON values: ``name``, ``description``,
-        ``kind``, ``isolation`` (its value, or ``None``), ``async`` and ``parameters`` (the JSON
-        Schema of :meth:`Action.json_schema`). This is what ``ledgerflow actions --json`` prints.
+        ``kind``, ``isolation`` (its value, or ``None``), ``async``, ``breaker`` (the policy's
+        ``failures``, ``reset_after`` and ``when_open``, or ``None``) and ``parameters`` (the
+        JSON Schema of :meth:`Action.json_schema`). This is what ``ledgerflow actions --json``
+        prints.
         """
         with self._lock:
             actions = sorted(self._actions.values(), key=lambda a: a.name)
@@ -988,6 +1016,7 @@ class ActionRegistry:
                 "kind": action.kind,
                 "isolation": None if action.isolation is None else action.isolation.value,
                 "async": action.is_async,
+                "breaker": None if action.breaker is None else action.breaker.describe(),
                 "parameters": action.json_schema(),
             }
             for action in actions

@@ -247,6 +247,7 @@ def test_describe_is_sorted_and_json_serialisable() -> None:
         "kind": "database",
         "isolation": "READ COMMITTED",
         "async": True,
+        "breaker": None,
         "parameters": {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": "Transfer",

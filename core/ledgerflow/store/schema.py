@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql
 
 __all__ = [
     "action_results",
+    "circuit_breakers",
     "definitions",
     "events",
     "executions",
@@ -144,4 +145,20 @@ snapshots = sa.Table(
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("tenant", TENANT, nullable=False),
     sa.Column("state", JSONB, nullable=False),
+)
+
+circuit_breakers = sa.Table(
+    "lf_circuit_breakers",
+    metadata,
+    # one row per action with a breaker that has failed at least once; no row means closed
+    sa.Column("action", NAME, primary_key=True),
+    # closed, open or half_open
+    sa.Column("state", sa.String(16), nullable=False),
+    # consecutive failures, across every worker
+    sa.Column("failures", sa.Integer, nullable=False),
+    # when the circuit opened, or (half_open) when its trial call was admitted: reset_after
+    # counts from here
+    sa.Column("opened_at", sa.Double),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", sa.Double, nullable=False),
 )

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
@@ -27,6 +28,7 @@ from ledgerflow.model import Record, State
 from ledgerflow.store import codec
 from ledgerflow.store.schema import (
     action_results,
+    circuit_breakers,
     definitions,
     events,
     executions,
@@ -41,7 +43,7 @@ NOTIFY_CHANNEL = "ledgerflow_wakeup"
 """The PostgreSQL channel an enqueue notifies and idle workers listen on."""
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
-_HEAD = "0001"
+_HEAD = "0002"
 
 
 def normalise_url(url: str) -> str:
@@ -668,12 +670,109 @@ class SQLStore:
         )
 
     # ----------------------------------------------------------------------------------------
+    # Circuit breakers (the rules live in ledgerflow.breakers; each method here is one atomic
+    # statement, so concurrent workers never read a state and then write over a newer one)
+    # ----------------------------------------------------------------------------------------
+
+    def breaker_row(self, conn: Connection, action: str) -> Any:
+        """The circuit breaker row of ``action``, or ``None``: closed, no failure ever counted."""
+        return conn.execute(
+            sa.select(circuit_breakers).where(circuit_breakers.c.action == action)
+        ).first()
+
+    def breaker_rows(self, conn: Connection) -> list[Any]:
+        """Every circuit breaker row, by action name."""
+        return list(conn.execute(sa.select(circuit_breakers).order_by(circuit_breakers.c.action)))
+
+    def count_breaker_failure(
+        self, conn: Connection, action: str, *, threshold: int, error: str, now: float
+    ) -> Any:
+        """Count one more consecutive failure of ``action`` and return its row as it now is.
+
+        One statement, an upsert (``INSERT … ON CONFLICT (action) DO UPDATE``): the row is
+        created at the first failure, and two workers counting at once both count, whichever
+        inserts first. The circuit opens (``opened_at = now``) when the count reaches
+        ``threshold`` while closed, and at once while half-open (its trial failed); an open
+        circuit stays open from when it opened.
+        """
+        t = circuit_breakers
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        first_opens = threshold <= 1
+        statement = insert(t).values(
+            action=action,
+            state="open" if first_opens else "closed",
+            failures=1,
+            opened_at=now if first_opens else None,
+            last_error=error,
+            updated_at=now,
+        )
+        # the SET expressions read the row as it was before this statement
+        opens = sa.or_(
+            t.c.state == "half_open",
+            sa.and_(t.c.state == "closed", t.c.failures + 1 >= threshold),
+        )
+        upsert = statement.on_conflict_do_update(
+            index_elements=[t.c.action],
+            set_={
+                "failures": t.c.failures + 1,
+                "state": sa.case((opens, "open"), else_=t.c.state),
+                "opened_at": sa.case((opens, sa.literal(now, sa.Double)), else_=t.c.opened_at),
+                "last_error": statement.excluded.last_error,
+                "updated_at": statement.excluded.updated_at,
+            },
+        ).returning(t.c.state, t.c.failures, t.c.opened_at)
+        return conn.execute(upsert).one()
+
+    def take_breaker_trial(
+        self, conn: Connection, action: str, *, cutoff: float, now: float
+    ) -> bool:
+        """Admit one trial call of ``action``: if its circuit is open, or half-open with a trial
+        admitted, since ``cutoff`` or before, make it half-open with a trial admitted at
+        ``now``. ``True`` only for the caller whose statement changed the row.
+
+        One conditional ``UPDATE``: on SQLite writers take turns (``BEGIN IMMEDIATE``); on
+        PostgreSQL a concurrent caller waits for the row lock, then re-checks the condition
+        against the row the winner wrote, which no longer meets it.
+        """
+        t = circuit_breakers
+        changed = conn.execute(
+            t.update()
+            .where(
+                t.c.action == action,
+                t.c.state.in_(("open", "half_open")),
+                t.c.opened_at <= cutoff,
+            )
+            .values(state="half_open", opened_at=now, updated_at=now)
+        ).rowcount
+        return bool(changed == 1)
+
+    def close_breaker(self, conn: Connection, action: str, *, now: float) -> bool:
+        """Close the circuit of ``action`` and zero its failures; writes nothing (and returns
+        ``False``) when it is closed with no failure already. The last error is kept."""
+        t = circuit_breakers
+        changed = conn.execute(
+            t.update()
+            .where(t.c.action == action, sa.or_(t.c.state != "closed", t.c.failures != 0))
+            .values(state="closed", failures=0, opened_at=None, updated_at=now)
+        ).rowcount
+        return bool(changed == 1)
+
+    # ----------------------------------------------------------------------------------------
     # Counting, for status and tests
     # ----------------------------------------------------------------------------------------
 
     def row_counts(self) -> dict[str, int]:
         """The number of rows in each ledgerflow table."""
-        tables = (definitions, executions, events, outbox, action_results, leases, snapshots)
+        tables = (
+            definitions,
+            executions,
+            events,
+            outbox,
+            action_results,
+            leases,
+            snapshots,
+            circuit_breakers,
+        )
         with self.read() as conn:
             return {
                 t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
