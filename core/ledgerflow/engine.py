@@ -162,7 +162,7 @@ class Engine:
             register_builtin_actions(self.registry)
         if "ledgerflow.emit_event" not in self.registry:
             register_emit_event(self.registry, self)
-        self.runner: StepRunner = runner or GraphRunner(self.store, self.registry)
+        self.runner: StepRunner = runner or GraphRunner(self.store, self.registry, clock=clock)
         self.clock = clock
         self._definitions: dict[tuple[str, int], Definition] = {}
         self._lock = threading.Lock()

@@ -34,8 +34,10 @@ import attrs
 import sqlalchemy as sa
 import tenacity
 
+from ledgerflow.breakers import CircuitBreakers
 from ledgerflow.definitions import CompiledStep
 from ledgerflow.errors import (
+    CircuitOpenError,
     ExpressionError,
     InvalidParametersError,
     LeaseLostError,
@@ -134,6 +136,7 @@ class GraphRunner:
         max_parallel: int = 8,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        breakers: CircuitBreakers | None = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
@@ -142,6 +145,7 @@ class GraphRunner:
         self.max_parallel = max_parallel
         self.sleep = sleep
         self.clock = clock
+        self.breakers = breakers if breakers is not None else CircuitBreakers(store, clock=clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
@@ -239,7 +243,7 @@ class GraphRunner:
                 exp_base=backoff.multiplier,
                 jitter=backoff.initial,
             ),
-            retry=tenacity.retry_if_not_exception_type((*_PERMANENT, *_NOT_THE_ACTIONS)),
+            retry=tenacity.retry_if_exception(_worth_retrying),
             sleep=self.sleep,
             reraise=True,
             before_sleep=lambda state: log.warning(
@@ -254,6 +258,17 @@ class GraphRunner:
             result = policy(attempt)
         except _NOT_THE_ACTIONS:
             raise
+        except CircuitOpenError as exc:
+            if exc.when_open == "delay":
+                raise  # the event is held back until the circuit admits a trial
+            return StepOutcome(
+                step_id=step.id,
+                status="failed",
+                error=_describe(exc),
+                attempts=attempts,
+                started_at=started_at,
+                duration=time.monotonic() - started,
+            )
         except Exception as exc:  # an action's failure is data: it is recorded, not raised
             return StepOutcome(
                 step_id=step.id,
@@ -336,6 +351,24 @@ class GraphRunner:
             return recorded
         action = self.registry.get(name)
         validated = action.validate(params)
+        if action.breaker is None:
+            return self._call_action(job, step, action, validated, key, attempt)
+        self.breakers.admit(action.name, action.breaker)
+        try:
+            result = self._call_action(job, step, action, validated, key, attempt)
+        except _NOT_THE_ACTIONS:
+            raise
+        except Exception as exc:
+            self.breakers.failure(action.name, action.breaker, _describe(exc))
+            raise
+        self.breakers.success(action.name, action.breaker)
+        return result
+
+    def _call_action(
+        self, job: StepJob, step: Step, action: Action, validated: Any, key: str, attempt: int
+    ) -> JSON:
+        """Run ``action`` (its parameters validated) and record its result under ``key``."""
+        name = action.name
         record: dict[str, Any] = {
             "key": key,
             "tenant": job.tenant,
@@ -449,6 +482,14 @@ _NOT_THE_ACTIONS = (StoreUnavailableError, LeaseLostError)
 failure, and the event stays pending to be processed again."""
 
 _TRANSACTION_RETRIES = 8
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    """Whether a step's ``retry`` strategy tries again after ``exc``: not for a failure that
+    trying again cannot mend, one of the engine's own, or an open circuit that delays."""
+    if isinstance(exc, CircuitOpenError):
+        return exc.when_open == "fail"
+    return not isinstance(exc, (*_PERMANENT, *_NOT_THE_ACTIONS))
 
 
 def _transient(exc: sa.exc.DBAPIError) -> bool:

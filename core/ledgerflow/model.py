@@ -101,8 +101,12 @@ class OnError:
     - ``continue``: the failure is recorded and steps that do not depend on this one go on;
     - ``retry``: the step is tried up to ``attempts`` times in all, waiting per ``backoff``
       between tries; when every attempt failed it fails as under ``stop``;
-    - ``compensate``: the transition's completed steps are undone, newest first, and the
-      execution fails.
+    - ``compensate``: the transition's completed steps are undone, newest first, through
+      their compensating actions, and the transition is reverted: the execution is back in the
+      state it left, active. If a compensation fails, the execution fails instead.
+
+    A failed execution rejects later events until :meth:`ledgerflow.engine.Engine.retry`
+    resumes it from the point of failure.
     """
 
     strategy: ErrorStrategy = "stop"

@@ -22,7 +22,12 @@ import attrs
 import sqlalchemy as sa
 
 from ledgerflow.engine import Engine, Lease
-from ledgerflow.errors import LeaseLostError, LedgerflowError, StoreUnavailableError
+from ledgerflow.errors import (
+    CircuitOpenError,
+    LeaseLostError,
+    LedgerflowError,
+    StoreUnavailableError,
+)
 from ledgerflow.store.sql import NOTIFY_CHANNEL
 
 __all__ = ["Worker", "WorkerStats"]
@@ -231,6 +236,15 @@ class Worker:
             log.warning("worker %s: %s", self.id, exc)
         except (StoreUnavailableError, sa.exc.SQLAlchemyError):
             raise
+        except CircuitOpenError as exc:
+            # an action's circuit is open and its policy is to wait: hold the execution back
+            # until a trial call may be admitted
+            with self._lock:
+                self._failures[execution_id] = self._failures.get(execution_id, 0) + 1
+            cooldown = min(max(exc.retry_after, 0.5), 300.0)
+            log.warning(
+                "worker %s: execution %s held back %.1fs: %s", self.id, execution_id, cooldown, exc
+            )
         except Exception as exc:
             # keep the execution to itself for a while, so one failing execution neither
             # spins this worker nor blocks the others

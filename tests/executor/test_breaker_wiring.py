@@ -1,0 +1,141 @@
+"""Circuit breakers in the executor: an open circuit fails a step without calling the action,
+or holds the event back until a trial call may be made."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ledgerflow import definitions
+from ledgerflow.breakers import BreakerPolicy
+from ledgerflow.engine import Engine
+from ledgerflow.model import StepFailed
+from ledgerflow.registry import ActionContext, ActionRegistry
+from ledgerflow.worker import Worker
+
+TENANT = "acme"
+WORKFLOW: dict[str, Any] = {
+    "name": "Calls",
+    "version": 1,
+    "initial_state": "open",
+    "states": ["open"],
+    "transitions": [
+        {
+            "from": "open",
+            "to": "open",
+            "on": "Call",
+            "steps": [
+                {"id": "call", "action": "t.remote", "on_error": {"strategy": "continue"}},
+                {
+                    "id": "again",
+                    "action": "t.remote",
+                    "depends_on": ["call"],
+                    "on_error": {"strategy": "retry", "attempts": 3, "backoff": {"initial": 0.01}},
+                },
+            ],
+        }
+    ],
+}
+
+
+class Remote:
+    """A dependency that is up or down."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.calls = 0
+
+    def __call__(self, params: dict[str, Any], context: ActionContext) -> str:
+        self.calls += 1
+        if not self.up:
+            raise ConnectionError("remote is down")
+        return "ok"
+
+
+def engine_with(db_url: str, remote: Remote, policy: BreakerPolicy) -> Engine:
+    registry = ActionRegistry()
+    registry.register_simple_action("t.remote", "Calls the remote.", [], remote, breaker=policy)
+    engine = Engine(db_url, registry=registry)
+    engine.register(definitions.compile_workflow(definitions.parse(WORKFLOW)))
+    return engine
+
+
+@pytest.fixture
+def remote() -> Remote:
+    return Remote()
+
+
+@pytest.fixture
+def failing_fast(db_url: str, remote: Remote) -> Iterator[Engine]:
+    engine = engine_with(db_url, remote, BreakerPolicy(failures=2, reset_after=0.3))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def delaying(db_url: str, remote: Remote) -> Iterator[Engine]:
+    engine = engine_with(
+        db_url, remote, BreakerPolicy(failures=1, reset_after=0.3, when_open="delay")
+    )
+    yield engine
+    engine.close()
+
+
+def test_an_open_circuit_fails_steps_without_calling_the_action(
+    failing_fast: Engine, remote: Remote
+) -> None:
+    execution_id = failing_fast.create_execution("Calls", tenant=TENANT)
+    failing_fast.enqueue_event(execution_id, "Call", tenant=TENANT)
+    Worker(failing_fast, poll_interval=0.01).run_once()
+    # "call" failed (1), and its dependent was skipped; one more failure opens the circuit
+    assert remote.calls == 1
+    failing_fast.enqueue_event(execution_id, "Call", tenant=TENANT)
+    failing_fast.enqueue_event(execution_id, "Call", tenant=TENANT)
+    Worker(failing_fast, poll_interval=0.01).run_once()
+    assert remote.calls == 2  # the third call was refused by the open circuit
+    failures = [
+        h.record
+        for h in failing_fast.history(execution_id, tenant=TENANT)
+        if isinstance(h.record, StepFailed)
+    ]
+    assert "ConnectionError" in failures[1].error
+    assert "CircuitOpenError" in failures[2].error
+    assert "t.remote" in failures[2].error
+    assert failing_fast.runner.breakers.state("t.remote").state == "open"  # type: ignore[attr-defined]
+
+    time.sleep(0.35)  # past reset_after: one trial call goes ahead, and closes the circuit
+    remote.up = True
+    failing_fast.enqueue_event(execution_id, "Call", tenant=TENANT)
+    Worker(failing_fast, poll_interval=0.01).run_once()
+    assert remote.calls == 4  # the trial, then the dependent step
+    assert failing_fast.runner.breakers.state("t.remote").state == "closed"  # type: ignore[attr-defined]
+    assert failing_fast.get_execution(execution_id, tenant=TENANT).status.value == "active"
+
+
+def test_a_delaying_circuit_holds_the_event_back_until_a_trial_succeeds(
+    delaying: Engine, remote: Remote
+) -> None:
+    execution_id = delaying.create_execution("Calls", tenant=TENANT)
+    delaying.enqueue_event(execution_id, "Call", tenant=TENANT)
+    Worker(delaying, poll_interval=0.01).run_once()
+    assert remote.calls == 1  # failed once: the circuit opened
+    held = delaying.enqueue_event(execution_id, "Call", tenant=TENANT)
+    worker = Worker(delaying, poll_interval=0.01)
+    worker.run_once()
+    assert remote.calls == 1
+    assert delaying.event_status(held, tenant=TENANT).status == "pending"
+    assert worker.failing == [execution_id]
+
+    remote.up = True
+    deadline = time.monotonic() + 10
+    while delaying.event_status(held, tenant=TENANT).status == "pending":
+        assert time.monotonic() < deadline, "the held event was never processed"
+        time.sleep(0.1)
+        Worker(delaying, poll_interval=0.01).run_once()
+    info = delaying.event_status(held, tenant=TENANT)
+    assert (info.status, info.outcome) == ("processed", "applied")
+    assert remote.calls == 3
+    assert [h.kind for h in delaying.history(execution_id, tenant=TENANT)].count("step_failed") == 1
