@@ -1,4 +1,5 @@
-"""Shared fixtures: the example definitions shipped in contrib/, and stores.
+"""Shared fixtures: the example definitions shipped in contrib/ (with the InvoiceApproval
+example's app module, which creates the tables its steps write), and stores.
 
 Ledger tests run on SQLite and on a real PostgreSQL, reached at ``LEDGERFLOW_TEST_PG`` (default:
 the local server on 127.0.0.1:5432, user postgres). When it cannot be reached the PostgreSQL
@@ -17,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import settings
 
+import invoice_app
 import ledgerflow
 from ledgerflow.engine import Engine
 from ledgerflow.store.schema import metadata
@@ -38,11 +40,12 @@ def invoice() -> ledgerflow.Definition:
     return ledgerflow.load(INVOICE_APPROVAL)
 
 
-# CI runs every property with the same examples, so a red run can be replayed exactly;
-# elsewhere hypothesis keeps exploring new ones.
+# No per-example deadline: the machines are shared and a slow example is not a failure (speed
+# is measured by the benchmarks). CI runs every property with the same examples, so a red run
+# can be replayed exactly; elsewhere hypothesis keeps exploring new ones.
+settings.register_profile("ledgerflow", deadline=None)
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
-if os.environ.get("CI"):
-    settings.load_profile("ci")
+settings.load_profile("ci" if os.environ.get("CI") else "ledgerflow")
 
 PG_ADMIN = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -93,9 +96,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    """An engine on ``db_url`` with the InvoiceApproval example registered."""
+    """An engine on ``db_url`` with the InvoiceApproval example set up as its app does it: the
+    workflow registered and its ``invoices`` and ``payments`` tables created, and emptied (on
+    PostgreSQL they outlive a test)."""
     engine = Engine(db_url, snapshot_every=4)
-    engine.register(INVOICE_APPROVAL)
+    invoice_app.setup(engine)
+    with engine.store.write() as conn:
+        for table in reversed(invoice_app.metadata.sorted_tables):
+            conn.execute(table.delete())
     yield engine
     engine.close()
 

@@ -509,20 +509,85 @@ def event_status_command(settings: _Settings, event_id: str, tenant: str, as_jso
         click.echo(f"{info.name} #{info.seq} of {info.execution_id}: {info.status}{why}")
 
 
-def _example_path() -> Path:
-    from importlib import resources
+EXAMPLE_APP = "ledgerflow.examples.invoice_app"
+"""The InvoiceApproval example's app module as a wheel installs it (from ``contrib/``)."""
 
-    packaged = resources.files("ledgerflow") / "examples" / "invoice_approval.yaml"
-    if packaged.is_file():
-        return Path(str(packaged))
-    # running from a source checkout
-    return (
+
+def _example_app() -> Any:
+    """The InvoiceApproval example's app module: ``setup(engine)`` creates its tables and
+    registers the workflow, ``rows(engine, tenant)`` reads the tables back.
+
+    An installed wheel carries it as :data:`EXAMPLE_APP`, beside the workflow's YAML file; in a
+    source checkout (an editable install) both stay in ``contrib/examples/invoice_approval``.
+    """
+    import importlib.util
+
+    try:
+        return importlib.import_module(EXAMPLE_APP)
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("ledgerflow.examples", EXAMPLE_APP):
+            raise  # the module is there but needs something missing: show that
+    path = (
         Path(__file__).resolve().parents[2]
         / "contrib"
         / "examples"
         / "invoice_approval"
-        / "invoice_approval.yaml"
+        / "invoice_app.py"
     )
+    spec = importlib.util.spec_from_file_location("ledgerflow_example_invoice_app", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise LedgerflowError(
+            f"the InvoiceApproval example is missing: neither {EXAMPLE_APP} nor {path} exists"
+        )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Notifications(logging.Handler):
+    """Keeps what the log notifier sends (the ``ledgerflow.notify`` logger) while the demo
+    runs, without letting it reach the terminal's log handler."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.sent: list[dict[str, str]] = []
+        self._logger = logging.getLogger("ledgerflow.notify")
+        self._saved = (self._logger.level, self._logger.propagate)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # the notifier logs "[%s] %s" % (channel, message), with the step's key as an extra
+        args = record.args
+        channel, message = args if isinstance(args, tuple) and len(args) == 2 else ("", "")
+        self.sent.append(
+            {
+                "channel": str(channel),
+                "message": str(message) if args else record.getMessage(),
+                "idempotency_key": str(getattr(record, "idempotency_key", "")),
+            }
+        )
+
+    def __enter__(self) -> _Notifications:
+        self._logger.addHandler(self)
+        self._logger.setLevel(logging.INFO)
+        self._logger.propagate = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._saved[0])
+        self._logger.propagate = self._saved[1]
+
+
+def _print_rows(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    click.echo(f"\n{title}")
+    if not rows:
+        click.echo("  (none)")
+        return
+    columns = [c for c in rows[0] if c != "tenant"]
+    shown = [["" if r[c] is None else str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(s[i]) for s in shown)) for i, c in enumerate(columns)]
+    for line in [columns, *shown]:
+        click.echo("  " + "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
 
 
 DEMO_INVOICE = {"id": "INV-1001", "total": 1250.0, "customer_id": "C-42", "currency": "EUR"}
@@ -531,16 +596,18 @@ DEMO_INVOICE = {"id": "INV-1001", "total": 1250.0, "customer_id": "C-42", "curre
 @cli.command("demo")
 @json_flag
 def demo_command(as_json: bool) -> None:
-    """Run the InvoiceApproval example end to end on a throwaway SQLite ledger."""
+    """Run the InvoiceApproval example end to end on a throwaway SQLite ledger: the invoice is
+    submitted and approved, its rows written to the example's invoices and payments tables."""
     from ledgerflow.engine import Engine
     from ledgerflow.worker import Worker
 
-    with tempfile.TemporaryDirectory(prefix="ledgerflow-demo-") as tmp:
+    app = _example_app()
+    tenant = "acme"
+    with tempfile.TemporaryDirectory(prefix="ledgerflow-demo-") as tmp, _Notifications() as sent:
         engine = Engine(f"sqlite:///{tmp}/demo.db")
         try:
             engine.store.upgrade()
-            engine.register(_example_path())
-            tenant = "acme"
+            app.setup(engine)  # the invoices and payments tables, and the workflow
             execution_id = engine.create_execution("InvoiceApproval", tenant=tenant)
             engine.enqueue_event(
                 execution_id,
@@ -561,6 +628,7 @@ def demo_command(as_json: bool) -> None:
             rows = _history_data(engine.history(execution_id, tenant=tenant))
             final = _execution_data(engine, execution_id, tenant)
             replayed = engine.replay(execution_id, tenant=tenant)
+            tables: dict[str, list[dict[str, Any]]] = app.rows(engine, tenant)
         finally:
             engine.close()
     consistent = (replayed.name, replayed.status.value, dict(replayed.context)) == (
@@ -569,7 +637,15 @@ def demo_command(as_json: bool) -> None:
         final["context"],
     )
     if as_json:
-        _echo_json({"ledger": rows, "execution": final, "replay_matches_projection": consistent})
+        _echo_json(
+            {
+                "ledger": rows,
+                "execution": final,
+                "replay_matches_projection": consistent,
+                "tables": tables,
+                "notifications": sent.sent,
+            }
+        )
         return
     click.echo(
         f"InvoiceApproval on a temporary SQLite ledger, tenant {tenant}, execution {execution_id}\n"
@@ -580,6 +656,11 @@ def demo_command(as_json: bool) -> None:
     click.echo(
         "replaying the ledger from zero gives the same state: " + ("yes" if consistent else "NO")
     )
+    for name, table_rows in tables.items():
+        _print_rows(f"{name} (tenant {tenant}):", table_rows)
+    click.echo("\nnotifications sent (log notifier):")
+    for note in sent.sent:
+        click.echo(f"  [{note['channel']}] {note['message']}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -56,6 +56,7 @@ def test_create_then_approve_completes(invoice: Definition) -> None:
         "step_succeeded",
         "step_succeeded",
         "step_succeeded",
+        "step_succeeded",
     ]
     assert [r.seq for r in ledger] == list(range(1, len(ledger) + 1))
     assert state.decided_seq == 6
@@ -65,7 +66,28 @@ def test_steps_come_dependencies_first_in_written_order(invoice: Definition) -> 
     state = state_after(invoice, create())
     decision = ledgerflow.decide(invoice, state, approve())
     assert isinstance(decision, Accepted)
-    assert [s.id for s in decision.steps] == ["mark_approved", "schedule_payment", "notify_clerk"]
+    assert [s.id for s in decision.steps] == [
+        "mark_approved",
+        "schedule_payment",
+        "notify_clerk",
+        "mark_payment_scheduled",
+    ]
+
+
+def test_approval_forks_after_mark_approved_and_joins_before_mark_payment_scheduled(
+    invoice: Definition,
+) -> None:
+    for transition in ("approve", "approve_escalated"):
+        steps = next(t for t in invoice.workflow.transitions if t.name == transition).steps
+        assert {s.id: set(s.depends_on) for s in steps} == {
+            "mark_approved": set(),
+            "schedule_payment": {"mark_approved"},
+            "notify_clerk": {"mark_approved"},
+            "mark_payment_scheduled": {"schedule_payment", "notify_clerk"},
+        }
+        by_id = {s.id: s for s in steps}
+        assert by_id["schedule_payment"].on_error.strategy == "compensate"
+        assert by_id["mark_approved"].compensate is not None
 
 
 def test_a_total_over_the_limit_is_not_approved(invoice: Definition) -> None:
