@@ -341,6 +341,7 @@ class Engine:
                         existing = self.store.event_by_key(conn, execution_id, key)
                         if existing is not None:
                             return existing
+                    self.store.lock_execution(conn, execution_id)
                     seq = self.store.last_seq(conn, execution_id) + 1
                     (event_id,) = self.store.insert_records(
                         conn, execution_id, tenant, [make(seq)], client_key=key
@@ -577,6 +578,7 @@ class Engine:
             try:
                 with self.store.write() as conn:
                     self.store.fence(conn, execution_id, lease.owner, lease.token, lease.ttl)
+                    self.store.lock_execution(conn, execution_id)
                     arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
                     base = machine.fold(definition, [a.record for a in arrived], state)
                     new = plan.build(base.seq + 1)

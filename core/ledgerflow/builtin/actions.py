@@ -237,6 +237,7 @@ def register_emit_event(registry: ActionRegistry, engine: Engine) -> None:
         for _ in range(20):
             try:
                 with conn.begin_nested():
+                    engine.store.lock_execution(conn, target)
                     seq = engine.store.last_seq(conn, target) + 1
                     record = EventReceived(
                         seq=seq, name=params["event"], payload=params["payload"], origin="system"

@@ -292,8 +292,19 @@ class SQLStore:
             )
         ).first()
 
+    def lock_execution(self, conn: Connection, execution_id: str) -> None:
+        """On PostgreSQL, lock the execution's row until the transaction ends, so that writers
+        appending to one execution take turns instead of colliding on a seq and retrying (the
+        unique ``(execution_id, seq)`` stays the guarantee; this only spares the retries). On
+        SQLite a write transaction already holds the whole database."""
+        if self.dialect == "postgresql":
+            conn.execute(
+                sa.select(executions.c.id).where(executions.c.id == execution_id).with_for_update()
+            )
+
     def last_seq(self, conn: Connection, execution_id: str) -> int:
-        """The highest seq in the execution's ledger (0 for none)."""
+        """The highest seq in the execution's ledger (0 for none). Appenders call it after
+        :meth:`lock_execution`."""
         return int(
             conn.execute(
                 sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)).where(
