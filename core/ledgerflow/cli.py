@@ -57,16 +57,21 @@ class _Settings:
         self.app = app
         self._engine: Engine | None = None
 
-    def engine(self, *, check_schema: bool = True) -> Engine:
+    def engine(self, *, check_schema: bool = True, load_app: bool = True) -> Engine:
         if self._engine is None:
             from ledgerflow.engine import Engine
 
             self._engine = Engine(self.db)
             if check_schema:
                 self._engine.store.check_schema()
-            if self.app:
+            if self.app and load_app:
                 _load_app(self.app, self._engine)
         return self._engine
+
+    def load_app(self) -> None:
+        """Load ``--app`` into the engine already built without it."""
+        if self.app and self._engine is not None:
+            _load_app(self.app, self._engine)
 
 
 def _load_app(name: str, engine: Engine) -> None:
@@ -232,7 +237,9 @@ def db() -> None:
 @pass_settings
 def upgrade_command(settings: _Settings, as_json: bool) -> None:
     """Create or upgrade the schema to this version's revision."""
-    revision = settings.engine(check_schema=False).store.upgrade()
+    # the app's setup may register definitions or create its tables: the schema comes first
+    revision = settings.engine(check_schema=False, load_app=False).store.upgrade()
+    settings.load_app()
     if as_json:
         _echo_json({"revision": revision})
     else:
@@ -384,7 +391,7 @@ def actions_command(settings: _Settings, as_json: bool) -> None:
 
 @cli.group(cls=_Group)
 def execution() -> None:
-    """Look at executions."""
+    """Look at executions, and retry failed ones."""
 
 
 def _execution_data(engine: Engine, execution_id: str, tenant: str) -> dict[str, Any]:
@@ -453,6 +460,13 @@ def _describe(entry: Mapping[str, Any]) -> str:
         return f"{body['step_id']}: {json.dumps(body['result'], sort_keys=True)}"
     if kind == "step_failed":
         return f"{body['step_id']}: {body['error']} (attempts {body['attempts']})"
+    if kind == "execution_failed":
+        return f"event {body['event_seq']}: {body['reason']}"
+    if kind == "transition_reverted":
+        return f"{body['source']} -> {body['target']} ({body['transition']} undone)"
+    if kind == "execution_resumed":
+        by = f" by {body['requested_by']}" if body.get("requested_by") else ""
+        return f"retrying event {body['retried_seq']}{by}"
     return json.dumps(body, sort_keys=True)
 
 
@@ -464,6 +478,27 @@ def _print_ledger(rows: Sequence[Mapping[str, Any]]) -> None:
         if len(detail) > 90:
             detail = detail[:87] + "..."
         click.echo(f"{row['seq']:>4}  {row['kind']:<{width}}  {detail}")
+
+
+@execution.command("retry")
+@click.argument("execution_id", metavar="ID")
+@tenant_option
+@click.option("--by", "requested_by", default=None, help="Who asks, kept in the ledger.")
+@json_flag
+@pass_settings
+def retry_command(
+    settings: _Settings, execution_id: str, tenant: str, requested_by: str | None, as_json: bool
+) -> None:
+    """Resume a failed execution from its point of failure.
+
+    A worker runs again the failed event's steps that have no recorded success (or finishes
+    its compensation); recorded successes are not run again.
+    """
+    event_id = settings.engine().retry(execution_id, tenant=tenant, requested_by=requested_by)
+    if as_json:
+        _echo_json({"execution_id": execution_id, "event_id": event_id})
+    else:
+        click.echo(f"retry of {execution_id} queued as event {event_id}")
 
 
 @execution.command("history")

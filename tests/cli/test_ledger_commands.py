@@ -231,3 +231,47 @@ def test_the_cli_works_on_postgresql(pg_url: str) -> None:
     assert (
         cli.json("execution", "show", execution_id, "--tenant", "pg")["state"] == "pending_approval"
     )
+
+
+def test_a_failed_execution_is_retried_from_the_command_line(cli: Cli) -> None:
+    cli("db", "upgrade")  # without the app: its tables are missing, so the first step fails
+    cli("workflow", "register", str(EXAMPLE))
+    execution_id = cli("start", "InvoiceApproval", "--tenant", "acme").stdout.strip()
+    cli(
+        "send",
+        execution_id,
+        "CreateInvoice",
+        "--tenant",
+        "acme",
+        "--role",
+        "clerk",
+        "--payload",
+        INVOICE,
+    )
+    cli("worker", "--until-idle", "--poll-interval", "0.05")
+    shown = cli.json("execution", "show", execution_id, "--tenant", "acme")
+    assert (shown["state"], shown["status"]) == ("pending_approval", "failed")
+    text = cli("execution", "history", execution_id, "--tenant", "acme").stdout
+    assert "no table 'invoices'" in text
+
+    cli(*APP, "db", "upgrade")  # the app's setup creates its tables once the schema is there
+    queued = cli.json("execution", "retry", execution_id, "--tenant", "acme", "--by", "ops")
+    again = cli.json("execution", "retry", execution_id, "--tenant", "acme")
+    assert again == queued
+    cli(*APP, "worker", "--until-idle", "--poll-interval", "0.05")
+    shown = cli.json("execution", "show", execution_id, "--tenant", "acme")
+    assert (shown["state"], shown["status"]) == ("pending_approval", "active")
+    text = cli("execution", "history", execution_id, "--tenant", "acme").stdout
+    assert "execution_resumed" in text
+    assert "retrying event 2 by ops" in text
+    status = cli.json("event", "status", queued["event_id"], "--tenant", "acme")
+    assert (status["status"], status["outcome"]) == ("processed", "retried")
+
+    refused = cli("execution", "retry", execution_id, "--tenant", "acme", check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"error: execution {execution_id} is active, not failed: nothing to retry"
+    )
+    missing = cli("execution", "retry", execution_id, "--tenant", "globex", check=False)
+    assert missing.returncode == 2
+    assert "not found" in missing.stderr
