@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.needs_version = ">=2024.4.15"
@@ -12,16 +14,26 @@ nox.options.error_on_missing_interpreters = True
 PYTHON = "3.11"
 
 
+# first-party plugin distributions (plugins/) and the example third-party plugin (contrib/):
+# each has its own pyproject.toml and tests, installed and run with the core's
+PLUGINS = sorted(
+    str(p.parent)
+    for p in [*Path("plugins").glob("*/pyproject.toml"), *Path("contrib").glob("*/pyproject.toml")]
+)
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite against the installed package (not the source tree)."""
-    session.install(".[test,postgres]")
+    """Run the test suite, the plugins' included, against the installed packages (not the
+    source tree)."""
+    session.install(".[test,postgres]", *(f"./{plugin}[test]" for plugin in PLUGINS))
+    suites = ["tests", *(f"{plugin}/tests" for plugin in PLUGINS if Path(plugin, "tests").is_dir())]
     session.run(
         "pytest",
         "--import-mode=importlib",
         "-p",
         "no:cacheprovider",
-        *(session.posargs or ["tests"]),
+        *(session.posargs or suites),
     )
 
 
@@ -29,14 +41,21 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "core", "tests", "noxfile.py")
-    session.run("ruff", "format", "--check", "core", "tests", "noxfile.py")
+    session.run("ruff", "check", "core", "tests", "noxfile.py", *PLUGINS)
+    session.run("ruff", "format", "--check", "core", "tests", "noxfile.py", *PLUGINS)
 
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and the tests."""
-    session.install("-e", ".[test,postgres]", "mypy>=1.11", "types-PyYAML", "types-jsonschema")
+    session.install(
+        "-e",
+        ".[test,postgres]",
+        *(f"./{plugin}[test]" for plugin in PLUGINS),
+        "mypy>=1.11",
+        "types-PyYAML",
+        "types-jsonschema",
+    )
     session.run("mypy", *session.posargs)
 
 
