@@ -83,6 +83,7 @@ def _load_app(name: str, engine: Engine) -> None:
         module = importlib.import_module(name)
     except ImportError as exc:
         raise InvalidInputError(f"--app {name}: cannot import it: {exc}") from exc
+    engine.add_plugin(module, name, source="app")
     setup = getattr(module, "setup", None)
     if callable(setup):
         setup(engine)
@@ -387,6 +388,30 @@ def actions_command(settings: _Settings, as_json: bool) -> None:
         kind = action["kind"] + (f", {action['isolation']}" if action.get("isolation") else "")
         params = ", ".join(action["parameters"].get("properties", {})) or "-"
         click.echo(f"{action['name']} ({kind}): {action['description']}\n    parameters: {params}")
+
+
+@cli.command("plugins")
+@json_flag
+@pass_settings
+def plugins_command(settings: _Settings, as_json: bool) -> None:
+    """List every plugin: where it comes from, what it registered, and its errors."""
+    infos = settings.engine(check_schema=False).plugins.describe()
+    if as_json:
+        _echo_json([info.to_json() for info in infos])
+        return
+    for info in infos:
+        origin: str = info.source
+        if info.distribution:
+            origin += f", {info.distribution} {info.version or ''}".rstrip()
+        state = " [disabled]" if info.disabled else ""
+        click.echo(f"{info.name} ({origin}){state}")
+        for kind, names in info.registered.items():
+            click.echo(f"    {kind}: {', '.join(names)}")
+        hooks = [h for h in info.hooks if not h.startswith("ledgerflow_register_")]
+        if hooks:
+            click.echo(f"    hooks: {', '.join(hooks)}")
+        for problem in info.errors:
+            click.echo(f"    error: {problem}")
 
 
 @cli.group(cls=_Group)

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from ledgerflow import definitions as definitions_module
 from ledgerflow import machine
-from ledgerflow.builtin.actions import SET_CONTEXT, register_builtin_actions, register_emit_event
+from ledgerflow.builtin.actions import SET_CONTEXT
 from ledgerflow.definitions import CompiledStep, Definition
 from ledgerflow.errors import (
     DefinitionConflictError,
@@ -58,6 +58,8 @@ from ledgerflow.model import (
     TransitionReverted,
     Workflow,
 )
+from ledgerflow.notifiers import Notifier
+from ledgerflow.plugins import Plugins, Source
 from ledgerflow.registry import ActionRegistry
 from ledgerflow.store.sql import SQLStore, StoredRecord
 
@@ -137,10 +139,13 @@ def _digest(body: Mapping[str, Any]) -> str:
 class Engine:
     """The ledgerflow engine over one store.
 
-    ``store`` is a :class:`SQLStore` or a database URL (default :data:`DEFAULT_DB`).
-    ``registry`` holds the actions steps may call (the built-in ones are added to it).
-    ``runner`` runs an applied transition's steps (by default as a dependency graph,
-    independent steps in parallel). ``clock`` gives the time for every timestamp the engine writes.
+    ``store`` is a :class:`SQLStore` or a database URL (default :data:`DEFAULT_DB`), built by
+    the store plugin registered for its scheme. ``registry`` holds the actions steps may call;
+    every plugin's actions (the built-in ones included) are added to it. ``plugins`` are the
+    plugins to use (default: ledgerflow's own and every installed one, see
+    :class:`~ledgerflow.plugins.Plugins`). ``runner`` runs an applied transition's steps (by
+    default as a dependency graph, independent steps in parallel). ``clock`` gives the time for
+    every timestamp the engine writes.
     """
 
     def __init__(
@@ -151,21 +156,36 @@ class Engine:
         runner: StepRunner | None = None,
         clock: Callable[[], float] = time.time,
         snapshot_every: int = 100,
+        plugins: Plugins | None = None,
     ) -> None:
+        self.plugins = plugins if plugins is not None else Plugins()
         self.store = (
             store
             if isinstance(store, SQLStore)
-            else SQLStore(store, clock=clock, snapshot_every=snapshot_every)
+            else self.plugins.store_for(store, clock=clock, snapshot_every=snapshot_every)
         )
         self.registry = registry if registry is not None else ActionRegistry()
-        if "ledgerflow.record" not in self.registry:
-            register_builtin_actions(self.registry)
-        if "ledgerflow.emit_event" not in self.registry:
-            register_emit_event(self.registry, self)
-        self.runner: StepRunner = runner or GraphRunner(self.store, self.registry, clock=clock)
+        self.notifiers: dict[str, Notifier] = self.plugins.notifiers()
+        self.plugins.register_expression_functions()
+        self.plugins.register_actions(self.registry, self)
+        self.runner: StepRunner = runner or GraphRunner(
+            self.store, self.registry, clock=clock, plugins=self.plugins
+        )
         self.clock = clock
         self._definitions: dict[tuple[str, int], Definition] = {}
         self._lock = threading.Lock()
+
+    def add_plugin(
+        self, plugin: object, name: str | None = None, *, source: Source = "code"
+    ) -> str:
+        """Register ``plugin`` (see :meth:`Plugins.register`) and let it register its
+        notifiers and actions in this engine now; returns its name."""
+        name = self.plugins.register(plugin, name, source=source)
+        if self.plugins.manager.has_plugin(name):
+            self.notifiers.update(self.plugins.notifiers(only=name))
+            self.plugins.register_expression_functions(only=name)
+            self.plugins.register_actions(self.registry, self, only=name)
+        return name
 
     def close(self) -> None:
         """Release the store's connections and the step runner's threads."""
@@ -280,6 +300,13 @@ class Engine:
             raise InvalidInputError(
                 f"execution id {new_id!r} cannot be used; choose another"
             ) from exc
+        self.plugins.notify(
+            "ledgerflow_execution_created",
+            execution_id=new_id,
+            tenant=tenant,
+            workflow=definition.name,
+            version=definition.version,
+        )
         return new_id
 
     def enqueue_event(
@@ -343,10 +370,18 @@ class Engine:
                             return existing
                     self.store.lock_execution(conn, execution_id)
                     seq = self.store.last_seq(conn, execution_id) + 1
+                    event = make(seq)
                     (event_id,) = self.store.insert_records(
-                        conn, execution_id, tenant, [make(seq)], client_key=key
+                        conn, execution_id, tenant, [event], client_key=key
                     )
-                    return event_id
+                self.plugins.notify(
+                    "ledgerflow_event_enqueued",
+                    execution_id=execution_id,
+                    tenant=tenant,
+                    event_id=event_id,
+                    event=event.name,
+                )
+                return event_id
             except sa.exc.IntegrityError as exc:
                 # another append took this seq (or this client key) first: look again
                 last_conflict = exc
@@ -595,11 +630,76 @@ class Engine:
                     waiting = [a for a in arrived if a.record.kind == "event_received"]
                     if not waiting:
                         self.store.mark_handled(conn, execution_id)
+                self._announce(execution_id, tenant, stored, plan, new, base, after)
                 return after, waiting
             except sa.exc.IntegrityError:
                 log.debug("execution %s: a client appended during commit; retrying", execution_id)
                 time.sleep(min(0.001 * 2**attempt, 0.05))
         raise LedgerflowError(f"execution {execution_id}: could not commit event {event.seq}")
+
+    def _announce(
+        self,
+        execution_id: str,
+        tenant: str,
+        stored: StoredRecord,
+        plan: _Plan,
+        new: list[Record],
+        before: State,
+        after: State,
+    ) -> None:
+        """Tell the plugins what one committed event did."""
+        events = {stored.record.seq: (stored.event_id, getattr(stored.record, "name", ""))}
+        events.update(plan.events)
+        hook = self.plugins.notify
+        for record in new:
+            if isinstance(record, TransitionApplied):
+                event_id = events.get(record.event_seq, ("", ""))[0]
+                hook(
+                    "ledgerflow_transition_applied",
+                    execution_id=execution_id,
+                    tenant=tenant,
+                    event_id=event_id,
+                    transition=record.transition,
+                    source=record.source,
+                    target=record.target,
+                )
+            elif isinstance(record, EventRejected):
+                event_id, name = events.get(record.event_seq, ("", ""))
+                hook(
+                    "ledgerflow_event_rejected",
+                    execution_id=execution_id,
+                    tenant=tenant,
+                    event_id=event_id,
+                    event=name,
+                    reason=record.reason.value,
+                    detail=record.detail,
+                )
+            elif isinstance(record, ExecutionFailed):
+                hook(
+                    "ledgerflow_execution_failed",
+                    execution_id=execution_id,
+                    tenant=tenant,
+                    reason=record.reason,
+                )
+        for seq, status, outcome, detail in plan.outcomes:
+            event_id, name = events.get(seq, ("", ""))
+            hook(
+                "ledgerflow_event_processed",
+                execution_id=execution_id,
+                tenant=tenant,
+                event_id=event_id,
+                event=name,
+                status=status,
+                outcome=outcome,
+                detail=detail,
+            )
+        if after.status is Status.COMPLETED and before.status is not Status.COMPLETED:
+            hook(
+                "ledgerflow_execution_completed",
+                execution_id=execution_id,
+                tenant=tenant,
+                state=after.name,
+            )
 
     def _job(
         self,
@@ -741,8 +841,9 @@ class Engine:
 
         status, outcome, detail = _event_outcome(result, applied.target)
         return _Plan(
-            build,
-            [
+            events={n: (original.event_id, original.record.name)},
+            build=build,
+            outcomes=[
                 (n, status, outcome, detail),
                 (
                     event.seq,
@@ -761,6 +862,8 @@ class _Plan:
 
     build: Callable[[int], list[Record]]
     outcomes: list[tuple[int, str, str | None, str | None]]
+    events: dict[int, tuple[str, str]] = attrs.field(factory=dict)
+    """The event id and name of each settled event other than the one processed, by seq."""
 
 
 def _context_steps(steps: tuple[CompiledStep, ...]) -> frozenset[str]:

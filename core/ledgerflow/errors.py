@@ -27,6 +27,7 @@ __all__ = [
     "LedgerError",
     "LedgerflowError",
     "NotFoundError",
+    "PluginError",
     "SchemaError",
     "StoreUnavailableError",
     "UnknownActionError",
@@ -195,3 +196,8 @@ def first_line(exc: BaseException) -> str:
     line or a one-line error, without the SQL and parameters SQLAlchemy appends."""
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class PluginError(LedgerflowError):
+    """A plugin cannot be registered: its name is taken, or one of its hook implementations
+    does not fit the hook. The message names the plugin."""

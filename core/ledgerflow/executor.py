@@ -46,7 +46,9 @@ from ledgerflow.errors import (
     UnknownActionError,
     first_line,
 )
+from ledgerflow.hookspecs import RetryDecision, StepInfo
 from ledgerflow.model import JSON, Step
+from ledgerflow.plugins import Plugins
 from ledgerflow.registry import Action, ActionContext, ActionRegistry
 from ledgerflow.store.sql import SQLStore
 
@@ -137,6 +139,7 @@ class GraphRunner:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         breakers: CircuitBreakers | None = None,
+        plugins: Plugins | None = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
@@ -146,6 +149,7 @@ class GraphRunner:
         self.sleep = sleep
         self.clock = clock
         self.breakers = breakers if breakers is not None else CircuitBreakers(store, clock=clock)
+        self.plugins = plugins if plugins is not None else Plugins(entry_points=False)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
@@ -224,10 +228,19 @@ class GraphRunner:
     ) -> StepOutcome:
         step = compiled.step
         key = idempotency_key(job.execution_id, job.event_id, step.id)
+        info = StepInfo(
+            execution_id=job.execution_id,
+            tenant=job.tenant,
+            event_id=job.event_id,
+            step_id=step.id,
+            action=step.action,
+            key=key,
+        )
         started_at, started = self.clock(), time.monotonic()
         retrying = step.on_error.strategy == "retry"
         backoff = step.on_error.backoff
         attempts = 0
+        decisions: dict[int, RetryDecision] = {}
 
         def attempt() -> JSON:
             nonlocal attempts
@@ -235,42 +248,70 @@ class GraphRunner:
             params = compiled.params.render(variables)
             return self._call(job, step, step.action, params, key, attempts)
 
-        policy = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(step.on_error.attempts if retrying else 1),
-            wait=tenacity.wait_exponential_jitter(
-                multiplier=backoff.initial,
-                max=backoff.maximum,
-                exp_base=backoff.multiplier,
-                jitter=backoff.initial,
-            ),
-            retry=tenacity.retry_if_exception(_worth_retrying),
-            sleep=self.sleep,
-            reraise=True,
-            before_sleep=lambda state: log.warning(
-                "step %s of execution %s failed (attempt %d), retrying: %s",
+        def worth_retrying(state: tenacity.RetryCallState) -> bool:
+            error = state.outcome.exception() if state.outcome else None
+            if error is None or not _worth_retrying(error):
+                return False
+            decision = self.plugins.decide(
+                "ledgerflow_retry_policy",
+                action=step.action,
+                error=error,
+                attempt=state.attempt_number,
+            )
+            if isinstance(decision, RetryDecision):
+                decisions[state.attempt_number] = decision
+                return decision.retry
+            return True
+
+        exponential = tenacity.wait_exponential_jitter(
+            multiplier=backoff.initial,
+            max=backoff.maximum,
+            exp_base=backoff.multiplier,
+            jitter=backoff.initial,
+        )
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            decision = decisions.get(state.attempt_number)
+            if decision is not None and decision.wait is not None:
+                return decision.wait
+            return float(exponential(state))
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            wait_for = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "step %s of execution %s failed (attempt %d), retrying in %.2fs: %s",
                 step.id,
                 job.execution_id,
                 state.attempt_number,
-                state.outcome.exception() if state.outcome else "",
-            ),
+                wait_for,
+                error,
+            )
+            self.plugins.notify(
+                "ledgerflow_step_retried",
+                step=info,
+                error=_describe(error) if error else "",
+                attempt=state.attempt_number,
+                wait=wait_for,
+            )
+
+        policy = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(step.on_error.attempts if retrying else 1),
+            wait=wait,
+            retry=worth_retrying,
+            sleep=self.sleep,
+            reraise=True,
+            before_sleep=before_sleep,
         )
+        self.plugins.notify("ledgerflow_step_started", step=info)
         try:
             result = policy(attempt)
         except _NOT_THE_ACTIONS:
             raise
-        except CircuitOpenError as exc:
-            if exc.when_open == "delay":
-                raise  # the event is held back until the circuit admits a trial
-            return StepOutcome(
-                step_id=step.id,
-                status="failed",
-                error=_describe(exc),
-                attempts=attempts,
-                started_at=started_at,
-                duration=time.monotonic() - started,
-            )
         except Exception as exc:  # an action's failure is data: it is recorded, not raised
-            return StepOutcome(
+            if isinstance(exc, CircuitOpenError) and exc.when_open == "delay":
+                raise  # the event is held back until the circuit admits a trial
+            failed = StepOutcome(
                 step_id=step.id,
                 status="failed",
                 error=_describe(exc),
@@ -278,7 +319,15 @@ class GraphRunner:
                 started_at=started_at,
                 duration=time.monotonic() - started,
             )
-        return StepOutcome(
+            self.plugins.notify(
+                "ledgerflow_step_failed",
+                step=info,
+                error=failed.error,
+                attempts=attempts,
+                duration=failed.duration,
+            )
+            return failed
+        succeeded = StepOutcome(
             step_id=step.id,
             status="succeeded",
             result=result,
@@ -286,15 +335,24 @@ class GraphRunner:
             started_at=started_at,
             duration=time.monotonic() - started,
         )
+        self.plugins.notify(
+            "ledgerflow_step_succeeded",
+            step=info,
+            result=result,
+            attempts=attempts,
+            duration=succeeded.duration,
+        )
+        return succeeded
 
     def compensate(
         self, job: StepJob, completed: Sequence[str], results: Mapping[str, JSON], failure: str
     ) -> RunResult:
         """Undo the completed steps named in ``completed``, the last completed first (a step
         completes after every step it depends on, so this is reverse dependency order), each
-        through its compensating action under the key ``…:<step_id>:compensate``; a step with
-        no compensating action is left as it is. Every compensation is attempted even when one
-        fails; a compensation already recorded is not run again."""
+        through its compensating action, or, for a step that declares none, through the
+        ``ledgerflow_compensate`` hook, under the key ``…:<step_id>:compensate``. A step
+        neither undoes is left as it is. Every compensation is attempted even when one fails;
+        a compensation already recorded is not run again."""
         by_id = {cs.step.id: cs for cs in job.steps}
         outcomes = []
         problems = []
@@ -303,25 +361,37 @@ class GraphRunner:
             "steps": {k: {"result": v} for k, v in results.items()},
             "execution": {"id": job.execution_id, "tenant": job.tenant},
         }
+        hooked = self.plugins.has("ledgerflow_compensate")
         for step_id in reversed(completed):
             compiled = by_id[step_id]
             step = compiled.step
-            if step.compensate is None or compiled.compensate_params is None:
+            declared = step.compensate is not None and compiled.compensate_params is not None
+            if not declared and not hooked:
                 continue
             key = idempotency_key(job.execution_id, job.event_id, step.id, compensation=True)
+            info = StepInfo(
+                execution_id=job.execution_id,
+                tenant=job.tenant,
+                event_id=job.event_id,
+                step_id=step.id,
+                action=step.compensate.action if step.compensate else step.action,
+                key=key,
+                compensation=True,
+            )
             started_at, started = self.clock(), time.monotonic()
             try:
-                params = compiled.compensate_params.render(variables)
-                result = self._call(job, step, step.compensate.action, params, key, 1)
-                outcomes.append(
-                    StepOutcome(
-                        step_id=step.id,
-                        status="compensated",
-                        result=result,
-                        started_at=started_at,
-                        duration=time.monotonic() - started,
+                if declared:
+                    assert step.compensate is not None
+                    assert compiled.compensate_params is not None
+                    self.plugins.notify("ledgerflow_step_started", step=info)
+                    params = compiled.compensate_params.render(variables)
+                    result = self._call(job, step, step.compensate.action, params, key, 1)
+                else:
+                    found, result = self._hook_compensation(
+                        job, info, results.get(step_id), variables
                     )
-                )
+                    if not found:
+                        continue  # no plugin knows how to undo it: left as it is
             except _NOT_THE_ACTIONS:
                 raise
             except Exception as exc:
@@ -335,12 +405,55 @@ class GraphRunner:
                         duration=time.monotonic() - started,
                     )
                 )
+                self.plugins.notify(
+                    "ledgerflow_step_failed",
+                    step=info,
+                    error=outcomes[-1].error,
+                    attempts=1,
+                    duration=outcomes[-1].duration,
+                )
+                continue
+            outcomes.append(
+                StepOutcome(
+                    step_id=step.id,
+                    status="compensated",
+                    result=result,
+                    started_at=started_at,
+                    duration=time.monotonic() - started,
+                )
+            )
+            self.plugins.notify("ledgerflow_step_compensated", step=info, result=result)
         return RunResult(
             outcomes=tuple(outcomes),
             failure=failure,
             compensated=True,
             compensation_failure="; ".join(problems) or None,
         )
+
+    def _hook_compensation(
+        self, job: StepJob, info: StepInfo, result: JSON, variables: Mapping[str, Any]
+    ) -> tuple[bool, JSON]:
+        """Undo a step that declares no compensating action through the plugins' hook, once
+        per key: ``(False, None)`` when no plugin knows how."""
+        with _store_errors(), self.store.read() as conn:
+            found, recorded = self.store.action_result(conn, info.key)
+        if found:
+            return True, recorded
+        undone = self.plugins.manager.hook.ledgerflow_compensate(
+            step=info, result=result, context=dict(variables)
+        )
+        if undone is None:
+            return False, None
+        record = {
+            "key": info.key,
+            "tenant": job.tenant,
+            "execution_id": job.execution_id,
+            "event_id": job.event_id,
+            "step_id": info.step_id,
+            "action": "ledgerflow_compensate",
+            "attempts": 1,
+        }
+        return True, self._record(job, info.key, undone, record)
 
     def _call(
         self, job: StepJob, step: Step, name: str, params: JSON, key: str, attempt: int
@@ -353,7 +466,20 @@ class GraphRunner:
         validated = action.validate(params)
         if action.breaker is None:
             return self._call_action(job, step, action, validated, key, attempt)
-        self.breakers.admit(action.name, action.breaker)
+        verdict = None
+        if self.plugins.has("ledgerflow_circuit_breaker"):
+            verdict = self.plugins.decide(
+                "ledgerflow_circuit_breaker", action=name, state=self.breakers.state(name)
+            )
+        if verdict == "refuse":
+            raise CircuitOpenError(
+                name,
+                retry_after=action.breaker.reset_after,
+                when_open=action.breaker.when_open,
+                last_error="refused by a plugin's ledgerflow_circuit_breaker hook",
+            )
+        if verdict != "allow":
+            self.breakers.admit(action.name, action.breaker)
         try:
             result = self._call_action(job, step, action, validated, key, attempt)
         except _NOT_THE_ACTIONS:
@@ -437,6 +563,21 @@ class GraphRunner:
         return result
 
     def _invoke(self, action: Action, params: Any, context: ActionContext) -> JSON:
+        """One attempt of ``action``, through the plugins' ``ledgerflow_run_step`` wrappers."""
+        info = StepInfo(
+            execution_id=context.execution_id,
+            tenant=context.tenant,
+            event_id=context.event_id,
+            step_id=context.step_id,
+            action=action.name,
+            key=context.idempotency_key,
+            compensation=context.idempotency_key.endswith(":compensate"),
+        )
+        return self.plugins.run_step(
+            info, params, lambda: self._invoke_action(action, params, context)
+        )
+
+    def _invoke_action(self, action: Action, params: Any, context: ActionContext) -> JSON:
         if action.is_async:
             coroutine = action.fn(params, context)
             return asyncio.run_coroutine_threadsafe(coroutine, self._event_loop()).result()

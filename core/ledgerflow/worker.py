@@ -28,7 +28,6 @@ from ledgerflow.errors import (
     LedgerflowError,
     StoreUnavailableError,
 )
-from ledgerflow.store.sql import NOTIFY_CHANNEL
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -62,6 +61,7 @@ class Worker:
         poll_interval: float = 0.5,
         sweep_interval: float = 5.0,
         name: str | None = None,
+        broker: str = "database",
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -79,6 +79,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.sweep_interval = sweep_interval
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.transport = engine.plugins.transport_for(broker, engine)
         self.stats = WorkerStats()
         self._stopping = threading.Event()
         self._finished = threading.Event()
@@ -101,7 +102,9 @@ class Worker:
 
     def stop(self) -> None:
         """Ask every thread to finish the event in hand and return."""
-        self._stopping.set()
+        if not self._stopping.is_set():
+            self._stopping.set()
+            self.engine.plugins.notify("ledgerflow_worker_stopping", worker_id=self.id)
         self._wake.set()
 
     @property
@@ -123,19 +126,23 @@ class Worker:
                 target=self._renew_leases, name="ledgerflow-lease-renewer", daemon=True
             )
         ]
-        if self.store.dialect == "postgresql" and not until_idle:
+        if not until_idle:
             helpers.append(
                 threading.Thread(target=self._listen, name="ledgerflow-listener", daemon=True)
             )
         log.info("worker %s started with %d threads", self.id, self.concurrency)
         for thread in [*threads, *helpers]:
             thread.start()
+        self.engine.plugins.notify(
+            "ledgerflow_worker_started", worker_id=self.id, concurrency=self.concurrency
+        )
         try:
             for thread in threads:
                 while thread.is_alive():
                     thread.join(timeout=0.5)
         finally:
             self.stop()
+            self.transport.close()
             # leases are renewed until the last event in hand is committed
             self._finished.set()
             for thread in helpers:
@@ -290,19 +297,8 @@ class Worker:
                     log.warning("worker %s: renewing %s failed: %s", self.id, execution_id, exc)
 
     def _listen(self) -> None:
-        """Wake idle threads on PostgreSQL notifications; on any trouble fall back to polling."""
-        import psycopg
-
-        url = self.store.engine.url.set(drivername="postgresql").render_as_string(
-            hide_password=False
-        )
-        while not self._finished.is_set() and not self._stopping.is_set():
-            try:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self._wake.set()
-            except psycopg.Error as exc:
-                log.warning("worker %s: LISTEN failed, polling meanwhile: %s", self.id, exc)
-                self._stopping.wait(self.poll_interval * 4)
+        """Wake idle threads on the transport's wake-ups; it polls meanwhile on trouble."""
+        try:
+            self.transport.listen(self._wake.set, self._stopping)
+        except Exception:  # polling goes on without wake-ups
+            log.exception("worker %s: the transport's listener failed; polling", self.id)

@@ -4,8 +4,8 @@
   result; for steps whose only job is to leave an audited trace.
 - ``ledgerflow.set_context``: merges its parameters into the execution's context once the step
   succeeds (recorded as ``context_updated``); later events see them, and so do conditions.
-- ``ledgerflow.notify``: sends ``message`` to ``channel`` through the ``log`` notifier (the
-  ``ledgerflow.notify`` logger) and returns what was sent.
+- ``ledgerflow.notify``: sends ``message`` to ``channel`` through a notifier (``log``, the
+  ``ledgerflow.notify`` logger, unless the step names another) and returns what was sent.
 - ``ledgerflow.db.insert`` / ``update`` / ``delete``: exactly-once changes to the application's
   own tables in ledgerflow's database, scoped to the execution's tenant.
 - ``ledgerflow.http_request``: one HTTP call, at least once, sending the step's idempotency key
@@ -16,13 +16,15 @@
 
 from __future__ import annotations
 
-import logging
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ledgerflow.model import EventReceived
+from ledgerflow.errors import InvalidParametersError
+from ledgerflow.model import JSON, EventReceived
+from ledgerflow.notifiers import LogNotifier, Notifier
 from ledgerflow.registry import ActionContext, ActionRegistry, Isolation, Param
 
 if TYPE_CHECKING:
@@ -33,9 +35,8 @@ __all__ = [
     "register_database_actions",
     "register_emit_event",
     "register_http_request",
+    "register_notify",
 ]
-
-notify_log = logging.getLogger("ledgerflow.notify")
 
 SET_CONTEXT = "ledgerflow.set_context"
 """The action whose result the engine merges into the context (a ``context_updated`` record)."""
@@ -49,20 +50,54 @@ def _set_context(params: dict[str, Any], context: ActionContext) -> dict[str, An
     return dict(params)
 
 
-def _notify(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
-    notify_log.info(
-        "[%s] %s",
-        params["channel"],
-        params["message"],
-        extra={"idempotency_key": context.idempotency_key},
+def register_notify(registry: ActionRegistry, notifiers: Mapping[str, Notifier]) -> None:
+    """Register ``ledgerflow.notify``: send ``message`` to ``channel`` through the notifier
+    named ``notifier`` (default ``log``) among ``notifiers``, with the notifier's ``options``."""
+
+    def notify(params: dict[str, Any], context: ActionContext) -> JSON:
+        name = params["notifier"]
+        if name not in notifiers:
+            known = ", ".join(sorted(notifiers)) or "none"
+            raise InvalidParametersError(
+                "ledgerflow.notify", [f"notifier: no notifier named {name!r} (known: {known})"]
+            )
+        return notifiers[name].send(
+            params["channel"], params["message"], params["options"], context
+        )
+
+    registry.register_simple_action(
+        "ledgerflow.notify",
+        "Send a message to a channel through a notifier (log, or one a plugin adds).",
+        [
+            Param(name="channel", type="string", description="Where the message goes."),
+            Param(name="message", type="string", description="What it says."),
+            Param(
+                name="notifier",
+                type="string",
+                required=False,
+                default="log",
+                description="The notifier's name: log, or one a plugin registers.",
+            ),
+            Param(
+                name="options",
+                type="object",
+                required=False,
+                default={},
+                description="Settings for the notifier (a webhook's url, an email's to, ...).",
+            ),
+        ],
+        notify,
     )
-    return {"channel": params["channel"], "message": params["message"], "notifier": "log"}
 
 
-def register_builtin_actions(registry: ActionRegistry) -> None:
-    """Register every built-in action in ``registry``."""
+def register_builtin_actions(
+    registry: ActionRegistry, notifiers: Mapping[str, Notifier] | None = None
+) -> None:
+    """Register every built-in action but ``ledgerflow.emit_event`` (which needs an engine) in
+    ``registry``; ``ledgerflow.notify`` sends through ``notifiers`` (default: ``log`` only)."""
     register_database_actions(registry)
     register_http_request(registry)
+    register_notify(registry, notifiers if notifiers is not None else {"log": LogNotifier()})
     registry.register_simple_action(
         "ledgerflow.record",
         "Keep the given parameters in the ledger as the step's result.",
@@ -76,15 +111,6 @@ def register_builtin_actions(registry: ActionRegistry) -> None:
         [],
         _set_context,
         additional_params=True,
-    )
-    registry.register_simple_action(
-        "ledgerflow.notify",
-        "Send a message to a channel through the log notifier.",
-        [
-            Param(name="channel", type="string", description="Where the message goes."),
-            Param(name="message", type="string", description="What it says."),
-        ],
-        _notify,
     )
 
 
