@@ -28,11 +28,13 @@ from ledgerflow.errors import (
     LedgerError,
     LedgerflowError,
     NotFoundError,
+    PluginError,
     SchemaError,
     StoreUnavailableError,
     UnknownActionError,
     WorkflowNotFoundError,
 )
+from ledgerflow.hookspecs import RetryDecision, StepInfo, hookimpl
 from ledgerflow.machine import apply, decide, fold, simulate, start
 from ledgerflow.model import (
     ANY_STATE,
@@ -64,6 +66,8 @@ from ledgerflow.model import (
     TransitionReverted,
     Workflow,
 )
+from ledgerflow.notifiers import Notifier
+from ledgerflow.plugins import PluginInfo, Plugins
 from ledgerflow.registry import Action, ActionContext, ActionRegistry, Isolation, Param
 from ledgerflow.worker import Worker
 
@@ -112,18 +116,24 @@ __all__ = [
     "LedgerError",
     "LedgerflowError",
     "NotFoundError",
+    "Notifier",
     "OnError",
     "Param",
+    "PluginError",
+    "PluginInfo",
+    "Plugins",
     "Problem",
     "Record",
     "RejectReason",
     "Rejected",
+    "RetryDecision",
     "SchemaError",
     "State",
     "Status",
     "Step",
     "StepCompensated",
     "StepFailed",
+    "StepInfo",
     "StepSucceeded",
     "StoreUnavailableError",
     "Transition",
@@ -138,6 +148,7 @@ __all__ = [
     "compile_workflow",
     "decide",
     "fold",
+    "hookimpl",
     "load",
     "loads",
     "simulate",

@@ -147,6 +147,11 @@ class Plugins:
             self.manager.register(plugin, name)
         except (ValueError, pluggy.PluginValidationError) as exc:
             raise PluginError(f"plugin {name}: {exc}") from exc
+        try:
+            self.manager.check_pending()  # a misspelt hook name is an error, not a silent no-op
+        except pluggy.PluginValidationError as exc:
+            self.manager.unregister(name=name)
+            raise PluginError(f"plugin {name}: {exc}") from exc
         self._origins[name] = origin
         return name
 

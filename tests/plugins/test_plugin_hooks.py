@@ -560,3 +560,16 @@ def test_stores_and_transports_are_found_by_scheme(tmp_path: Path) -> None:
         engine.close()
     with pytest.raises(InvalidInputError, match=r"no store for URLs of scheme 'mysql' \(known: "):
         Engine("mysql://db/x", plugins=manager)
+
+
+def test_a_misspelt_hook_is_an_error_naming_the_plugin() -> None:
+    class Typo:
+        @hookimpl
+        def ledgerflow_step_sucseeded(self, step: StepInfo) -> None:
+            """Never called: no hook has this name."""
+
+    manager = Plugins(entry_points=False)
+    with pytest.raises(PluginError, match=r"plugin typo: .*ledgerflow_step_sucseeded"):
+        manager.register(Typo(), "typo")
+    assert "typo" not in {p.name for p in manager.describe()}
+    manager.register(Recorder(), "after-the-typo")  # the manager is still usable
