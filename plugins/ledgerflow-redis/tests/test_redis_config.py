@@ -12,6 +12,7 @@ from ledgerflow.errors import InvalidInputError
 from ledgerflow.plugins import Plugins
 from ledgerflow.transports import BrokerTransport
 from redis.connection import SSLConnection
+from redis.utils import HIREDIS_AVAILABLE
 
 from ledgerflow_redis import RedisSettings, RedisTransport, RedisURLError
 
@@ -68,6 +69,10 @@ def test_redis_py_gets_the_connection_and_its_own_parameters() -> None:
         assert options["protocol"] == 2
     finally:
         transport.close()
+
+
+def test_replies_are_parsed_by_hiredis() -> None:
+    assert HIREDIS_AVAILABLE  # redis[hiredis] is a dependency
 
 
 def test_rediss_connects_with_tls() -> None:

@@ -21,14 +21,32 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 from urllib.parse import urlencode
 
 import redis
 
-__all__ = ["RedisServer", "RedisServerError", "redis_server_available"]
+__all__ = ["Entry", "Pending", "RedisServer", "RedisServerError", "redis_server_available"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entry:
+    """A stream entry, as text: its ``id`` (``1700000000000-0``) and ``fields``."""
+
+    id: str
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pending:
+    """A pending entry of a group: the ``consumer`` it was last delivered to, and how many
+    times it was delivered (``deliveries``)."""
+
+    consumer: str
+    deliveries: int
 
 
 class RedisServerError(RuntimeError):
@@ -66,15 +84,52 @@ class RedisServer:
         """Whether the server process is up."""
         return self._process is not None and self._process.poll() is None
 
-    def url(self, db: int = 0, **parameters: object) -> str:
-        """A broker URL for this server, with ``parameters`` as its query string:
-        ``server.url(streams=2, claim_idle=0.2)``."""
+    def url(self, **parameters: object) -> str:
+        """A broker URL for this server's database 0, with ``parameters`` as its query
+        string: ``server.url(streams=2, claim_idle=0.2)``."""
         query = urlencode({name: str(value) for name, value in parameters.items()})
-        return f"redis://127.0.0.1:{self.port}/{db}" + (f"?{query}" if query else "")
+        return f"redis://127.0.0.1:{self.port}/0" + (f"?{query}" if query else "")
 
     def client(self) -> redis.Redis:
         """A plain redis-py client of this server (bytes in, bytes out); close it after use."""
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5.0)
+
+    def flush(self) -> None:
+        """Empty the server: every stream and group is gone."""
+        with self.client() as client:
+            client.flushall()
+
+    def entries(self, stream: str, start: str = "-", end: str = "+") -> list[Entry]:
+        """The entries of ``stream`` from ``start`` to ``end`` (entry ids, inclusive), oldest
+        first, as text: what a test checks in the wake-up streams and the dead letters."""
+        with self.client() as client:
+            rows: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(stream, start, end)
+        return [
+            Entry(
+                id=entry_id.decode(),
+                fields={
+                    k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()
+                },
+            )
+            for entry_id, raw in rows
+        ]
+
+    def pending(self, stream: str, group: str = "ledgerflow") -> dict[str, Pending]:
+        """The entries of ``stream`` that ``group`` delivered and has not acknowledged, by
+        entry id: to whom, and how many times (``XPENDING``)."""
+        with self.client() as client:
+            rows: list[dict[str, Any]] = client.xpending_range(stream, group, "-", "+", 10_000)
+        return {
+            row["message_id"].decode(): Pending(
+                consumer=row["consumer"].decode(), deliveries=int(row["times_delivered"])
+            )
+            for row in rows
+        }
+
+    def length(self, stream: str) -> int:
+        """How many entries ``stream`` holds (0 if it does not exist)."""
+        with self.client() as client:
+            return int(client.xlen(stream))
 
     def start(self) -> None:
         """Start the server (on the same port as before, if it ran before) and wait until it

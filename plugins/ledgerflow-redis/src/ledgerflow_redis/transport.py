@@ -123,6 +123,11 @@ class RedisTransport:
             protocol=2,
         )
         """The client; every command of the transport goes through it."""
+        self.group_resets = 0
+        """How many times Redis had lost the consumer group (``NOGROUP``: restarted without
+        persistence, or a failover) and the transport created it again. Each time, the
+        wake-ups Redis held are gone: a worker may sweep for their events at once rather than
+        wait for its periodic sweep."""
         self._trim = self.redis.register_script(_TRIM_SCRIPT)
         self._lock = threading.Lock()
         self._claiming = threading.Lock()
@@ -204,6 +209,7 @@ class RedisTransport:
                     self.url,
                     self.settings.group,
                 )
+                self.group_resets += 1
                 self._groups_ready = False
                 self._ensure_groups()
                 deliveries += self._receive(consumer, count - len(deliveries), block, deliveries)
