@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ledgerflow import definitions, diagrams
-from ledgerflow.errors import DefinitionError, InvalidInputError, LedgerflowError
+from ledgerflow.errors import DefinitionError, InvalidInputError, LedgerflowError, NotFoundError
 
 if TYPE_CHECKING:
     from ledgerflow.engine import Engine, HistoryEntry
@@ -52,16 +52,17 @@ class _Group(click.Group):
 class _Settings:
     """The global options, and the engine built from them on first use."""
 
-    def __init__(self, db: str, app: str | None) -> None:
+    def __init__(self, db: str, app: str | None, broker: str = "database") -> None:
         self.db = db
         self.app = app
+        self.broker = broker
         self._engine: Engine | None = None
 
     def engine(self, *, check_schema: bool = True, load_app: bool = True) -> Engine:
         if self._engine is None:
             from ledgerflow.engine import Engine
 
-            self._engine = Engine(self.db)
+            self._engine = Engine(self.db, broker=self.broker)
             if check_schema:
                 self._engine.store.check_schema()
             if self.app and load_app:
@@ -124,12 +125,20 @@ tenant_option = click.option("--tenant", required=True, help="The tenant the exe
     default=None,
     help="Module to import first: its setup(engine) registers actions and definitions.",
 )
+@click.option(
+    "--broker",
+    envvar="LEDGERFLOW_BROKER",
+    default="database",
+    show_default=True,
+    help="Where wake-ups travel: database (the store's outbox) or a broker URL "
+    "(redis://…, with ledgerflow-redis); env LEDGERFLOW_BROKER.",
+)
 @click.option("--debug", is_flag=True, help="Show the traceback of any error.")
 @click.version_option(package_name="ledgerflow")
 @click.pass_context
-def cli(ctx: click.Context, db: str, app: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, db: str, app: str | None, broker: str, debug: bool) -> None:
     """ledgerflow: durable, event-sourced workflows."""
-    ctx.obj = _Settings(db, app)
+    ctx.obj = _Settings(db, app, broker)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -373,6 +382,149 @@ def worker_command(
             err=True,
         )
         sys.exit(1)
+
+
+@cli.command("workers")
+@click.option(
+    "--dead-after",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds without a heartbeat after which a running worker counts as dead.",
+)
+@json_flag
+@pass_settings
+def workers_command(settings: _Settings, dead_after: float, as_json: bool) -> None:
+    """List the workers that sent heartbeats: running, stopped, or dead (silent too long)."""
+    import time
+
+    now = time.time()
+    rows = []
+    for w in settings.engine().store.worker_rows():
+        if w.stopped_at is not None:
+            state = "stopped"
+        elif now - w.last_beat > dead_after:
+            state = "dead"
+        else:
+            state = "running"
+        rows.append(
+            {
+                "id": w.id,
+                "state": state,
+                "host": w.host,
+                "pid": w.pid,
+                "version": w.version,
+                "broker": w.broker,
+                "concurrency": w.concurrency,
+                "started_at": w.started_at,
+                "last_beat": w.last_beat,
+                "seconds_since_beat": round(now - w.last_beat, 1),
+                "in_flight": w.in_flight,
+                "executions": w.executions,
+                "events": w.events,
+                "errors": w.errors,
+            }
+        )
+    if as_json:
+        _echo_json(rows)
+        return
+    click.echo(f"{'worker':<44} {'state':<8} {'beat':>6} {'in flight':>9} {'events':>8} errors")
+    for r in rows:
+        click.echo(
+            f"{r['id']:<44} {r['state']:<8} {r['seconds_since_beat']:>5}s {r['in_flight']:>9} "
+            f"{r['events']:>8} {r['errors']}"
+        )
+
+
+@cli.group("dead-letters", cls=_Group)
+def dead_letters() -> None:
+    """Messages a broker transport could not deliver: list, show, retry or discard them."""
+
+
+def _dead_letter_data(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "tenant": row.tenant,
+        "execution_id": row.execution_id,
+        "event_id": row.event_id,
+        "transport": row.transport,
+        "transport_id": row.transport_id,
+        "reason": row.reason,
+        "deliveries": row.deliveries,
+        "message": row.message,
+        "created_at": row.created_at,
+        "retried_at": row.retried_at,
+        "discarded_at": row.discarded_at,
+    }
+
+
+@dead_letters.command("list")
+@click.option("--all", "include_settled", is_flag=True, help="Include retried and discarded.")
+@json_flag
+@pass_settings
+def dead_letters_list(settings: _Settings, include_settled: bool, as_json: bool) -> None:
+    """List dead letters, newest first (by default those not yet retried or discarded)."""
+    rows = [
+        _dead_letter_data(r)
+        for r in settings.engine().store.dead_letter_rows(include_settled=include_settled)
+    ]
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        target = f"{r['execution_id']} event {r['event_id']}" if r["execution_id"] else "-"
+        click.echo(f"{r['id']}  {target}  x{r['deliveries']}  {r['reason']}")
+
+
+def _dead_letter(settings: _Settings, dead_letter_id: str) -> Any:
+    row = settings.engine().store.dead_letter_row(dead_letter_id)
+    if row is None:
+        raise NotFoundError(f"dead letter {dead_letter_id} not found")
+    return row
+
+
+@dead_letters.command("show")
+@click.argument("dead_letter_id", metavar="ID")
+@pass_settings
+def dead_letters_show(settings: _Settings, dead_letter_id: str) -> None:
+    """Print one dead letter as JSON."""
+    _echo_json(_dead_letter_data(_dead_letter(settings, dead_letter_id)))
+
+
+@dead_letters.command("retry")
+@click.argument("dead_letter_id", metavar="ID")
+@pass_settings
+def dead_letters_retry(settings: _Settings, dead_letter_id: str) -> None:
+    """Publish the dead letter's wake-up again; its event is processed if still pending."""
+    from ledgerflow.transports import Wakeup
+
+    row = _dead_letter(settings, dead_letter_id)
+    if row.execution_id is None or row.event_id is None or row.tenant is None:
+        raise InvalidInputError(
+            f"dead letter {dead_letter_id} is a malformed message with nothing to retry; discard it"
+        )
+    if row.retried_at is not None or row.discarded_at is not None:
+        raise InvalidInputError(f"dead letter {dead_letter_id} was already settled")
+    engine = settings.engine()
+    engine.transport.publish(
+        [Wakeup(execution_id=row.execution_id, tenant=row.tenant, event_id=row.event_id)]
+    )
+    engine.store.settle_dead_letter(dead_letter_id, how="retried")
+    click.echo(f"dead letter {dead_letter_id}: wake-up of event {row.event_id} published again")
+
+
+@dead_letters.command("discard")
+@click.argument("dead_letter_id", metavar="ID")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_settings
+def dead_letters_discard(settings: _Settings, dead_letter_id: str, yes: bool) -> None:
+    """Mark a dead letter discarded (it stays on record, with when)."""
+    _dead_letter(settings, dead_letter_id)
+    if not yes:
+        click.confirm(f"discard dead letter {dead_letter_id}?", abort=True)
+    if not settings.engine().store.settle_dead_letter(dead_letter_id, how="discarded"):
+        raise InvalidInputError(f"dead letter {dead_letter_id} was already settled")
+    click.echo(f"dead letter {dead_letter_id} discarded")
 
 
 @cli.command("actions")

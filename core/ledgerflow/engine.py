@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -62,6 +63,7 @@ from ledgerflow.notifiers import Notifier
 from ledgerflow.plugins import Plugins, Source
 from ledgerflow.registry import ActionRegistry
 from ledgerflow.store.sql import SQLStore, StoredRecord
+from ledgerflow.transports import Transport, Wakeup
 
 __all__ = ["DEFAULT_DB", "RETRY_EVENT", "Engine", "EventInfo", "Execution", "HistoryEntry", "Lease"]
 
@@ -157,8 +159,11 @@ class Engine:
         clock: Callable[[], float] = time.time,
         snapshot_every: int = 100,
         plugins: Plugins | None = None,
+        broker: str | None = None,
     ) -> None:
         self.plugins = plugins if plugins is not None else Plugins()
+        self.broker = broker or os.environ.get("LEDGERFLOW_BROKER") or "database"
+        self._transport: Transport | None = None
         self.store = (
             store
             if isinstance(store, SQLStore)
@@ -175,6 +180,23 @@ class Engine:
         self._definitions: dict[tuple[str, int], Definition] = {}
         self._lock = threading.Lock()
 
+    @property
+    def transport(self) -> Transport:
+        """The transport of ``broker`` (built on first use): what publishes the wake-ups of
+        the events this engine appends."""
+        with self._lock:
+            if self._transport is None:
+                self._transport = self.plugins.transport_for(self.broker, self)
+            return self._transport
+
+    def _publish(self, wakeups: list[Wakeup]) -> None:
+        """The fast path: send the wake-ups of committed events now. A failure is logged, not
+        raised: the events are committed, and the outbox relay sends their wake-ups later."""
+        try:
+            self.transport.publish(wakeups)
+        except Exception as exc:
+            log.warning("wake-ups not published (the outbox relay will): %s", first_line(exc))
+
     def add_plugin(
         self, plugin: object, name: str | None = None, *, source: Source = "code"
     ) -> str:
@@ -188,10 +210,12 @@ class Engine:
         return name
 
     def close(self) -> None:
-        """Release the store's connections and the step runner's threads."""
+        """Release the store's connections, the transport's and the step runner's threads."""
         close_runner = getattr(self.runner, "close", None)
         if callable(close_runner):
             close_runner()
+        if self._transport is not None:
+            self._transport.close()
         self.store.close()
 
     # ----------------------------------------------------------------------------------------
@@ -374,6 +398,7 @@ class Engine:
                     (event_id,) = self.store.insert_records(
                         conn, execution_id, tenant, [event], client_key=key
                     )
+                self._publish([Wakeup(execution_id=execution_id, tenant=tenant, event_id=event_id)])
                 self.plugins.notify(
                     "ledgerflow_event_enqueued",
                     execution_id=execution_id,

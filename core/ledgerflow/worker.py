@@ -28,6 +28,7 @@ from ledgerflow.errors import (
     LedgerflowError,
     StoreUnavailableError,
 )
+from ledgerflow.transports import BrokerTransport, Delivery, Wakeup
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -42,6 +43,8 @@ class WorkerStats:
     events: int = 0
     errors: int = 0
     leases_lost: int = 0
+    dead_letters: int = 0
+    relayed: int = 0
 
 
 class Worker:
@@ -50,6 +53,11 @@ class Worker:
     ``lease_ttl`` is how long a lease lives without renewal (a killed worker's executions are
     taken over after it); ``poll_interval`` how long an idle thread waits for a wake-up before
     looking again; ``sweep_interval`` how often undecided events are swept for lost wake-ups.
+    ``broker`` is the transport's URL (default: the engine's, see :class:`Engine`): with a
+    broker transport, the worker acts on the wake-ups it receives, acknowledges them once
+    their outcome is committed, dead-letters the ones that do not parse or keep coming back,
+    and relays wake-ups left unhandled ``relay_after`` seconds after their commit. Every
+    ``heartbeat_interval`` seconds it records a heartbeat (``ledgerflow workers``).
     """
 
     def __init__(
@@ -61,7 +69,9 @@ class Worker:
         poll_interval: float = 0.5,
         sweep_interval: float = 5.0,
         name: str | None = None,
-        broker: str = "database",
+        broker: str | None = None,
+        relay_after: float = 2.0,
+        heartbeat_interval: float = 5.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -79,8 +89,17 @@ class Worker:
         self.poll_interval = poll_interval
         self.sweep_interval = sweep_interval
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.transport = engine.plugins.transport_for(broker, engine)
+        self.transport = (
+            engine.transport if broker is None else engine.plugins.transport_for(broker, engine)
+        )
+        self.broker = self.transport if isinstance(self.transport, BrokerTransport) else None
+        self.broker_scheme = (broker or engine.broker).split(":", 1)[0]
+        self.relay_after = relay_after
+        self.relay_interval = min(1.0, relay_after)
+        self.heartbeat_interval = heartbeat_interval
         self.stats = WorkerStats()
+        self._started_at = time.time()
+        self._last_error: dict[str, str] = {}
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._wake = threading.Event()
@@ -126,10 +145,22 @@ class Worker:
                 target=self._renew_leases, name="ledgerflow-lease-renewer", daemon=True
             )
         ]
-        if not until_idle:
+        if self.broker is not None:
+            helpers.append(
+                threading.Thread(target=self._relay, name="ledgerflow-relay", daemon=True)
+            )
+        elif not until_idle:
             helpers.append(
                 threading.Thread(target=self._listen, name="ledgerflow-listener", daemon=True)
             )
+        helpers.append(
+            threading.Thread(target=self._heartbeat, name="ledgerflow-heartbeat", daemon=True)
+        )
+        self._started_at = time.time()
+        try:
+            self._beat()
+        except Exception as exc:  # a heartbeat is for operators: never a reason not to work
+            log.warning("worker %s: heartbeat: %s", self.id, exc)
         log.info("worker %s started with %d threads", self.id, self.concurrency)
         for thread in [*threads, *helpers]:
             thread.start()
@@ -147,6 +178,10 @@ class Worker:
             self._finished.set()
             for thread in helpers:
                 thread.join(timeout=5)
+            try:
+                self._beat(stopped=True)
+            except Exception as exc:
+                log.warning("worker %s: last heartbeat: %s", self.id, exc)
         log.info("worker %s stopped: %s", self.id, self.stats)
         return self.stats
 
@@ -202,7 +237,12 @@ class Worker:
         with self._lock:
             self._busy += 1  # counted busy before claiming, so no thread sees a false idle
         try:
-            claimed = self.store.claim(self.id, self.lease_ttl)
+            if self.broker is not None:
+                if self._receive():
+                    return True
+                claimed = None
+            else:
+                claimed = self.store.claim(self.id, self.lease_ttl)
             if claimed is None and time.monotonic() - self._last_sweep >= self.sweep_interval:
                 self._last_sweep = time.monotonic()
                 claimed = self._sweep()
@@ -216,6 +256,109 @@ class Worker:
             with self._lock:
                 self._busy -= 1
 
+    def _receive(self) -> bool:
+        """Act on the broker's next wake-up, if one comes within the poll interval; ``True``
+        if one came."""
+        assert self.broker is not None
+        deliveries = self.broker.receive(self.id, count=1, block=self.poll_interval)
+        for delivery in deliveries:
+            self._deliver(delivery)
+        return bool(deliveries)
+
+    def _deliver(self, delivery: Delivery) -> None:
+        assert self.broker is not None
+        wakeup = delivery.wakeup
+        if wakeup is None:
+            self._dead_letter(delivery, f"malformed message: {delivery.problem}")
+            return
+        if delivery.deliveries > self.broker.max_deliveries:
+            with self._lock:
+                last = self._last_error.get(wakeup.execution_id)
+            self._dead_letter(
+                delivery,
+                f"delivered {delivery.deliveries} times without being acknowledged; "
+                f"last error here: {last or 'none seen by this worker'}",
+            )
+            return
+        if self._stopping.is_set():
+            return  # not acknowledged: another worker takes it over
+        token = self.store.take_lease(wakeup.execution_id, self.id, self.lease_ttl)
+        if token is None:
+            # the holder acts on it: it looks for unhandled wake-ups before giving the lease up
+            self.broker.ack([delivery])
+            return
+        if self._run_leased(wakeup.execution_id, wakeup.tenant, token):
+            self.broker.ack([delivery])
+
+    def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Record the message in the database, then move it to the transport's dead letters
+        (a crash in between records it twice, never loses it)."""
+        assert self.broker is not None
+        wakeup = delivery.wakeup
+        self.store.insert_dead_letter(
+            transport=self.broker_scheme,
+            transport_id=delivery.id,
+            message=dict(delivery.body),
+            reason=reason,
+            deliveries=delivery.deliveries,
+            tenant=wakeup.tenant if wakeup else None,
+            execution_id=wakeup.execution_id if wakeup else None,
+            event_id=wakeup.event_id if wakeup else None,
+        )
+        self.broker.dead_letter(delivery, reason)
+        self._count(dead_letters=1)
+        log.error("worker %s: message %s dead-lettered: %s", self.id, delivery.id, reason)
+
+    def _relay(self) -> None:
+        """Publish again the wake-ups committed but not handled after ``relay_after`` seconds
+        (their fast-path publish failed, or the broker lost them), and trim the broker."""
+        assert self.broker is not None
+        last_trim = 0.0
+        while not self._stopping.wait(self.relay_interval):
+            try:
+                rows = self.store.relay_claim(
+                    older_than=self.relay_after, again_after=self.relay_after * 5, limit=500
+                )
+                if rows:
+                    self.broker.publish(
+                        [Wakeup(execution_id=e, tenant=t, event_id=i) for e, t, i in rows]
+                    )
+                    self._count(relayed=len(rows))
+                trim = getattr(self.broker, "trim", None)
+                if callable(trim) and time.monotonic() - last_trim >= 30:
+                    last_trim = time.monotonic()
+                    trim()
+            except Exception as exc:  # the rows are relayed again later
+                log.warning("worker %s: outbox relay: %s", self.id, exc)
+
+    def _beat(self, *, stopped: bool = False) -> None:
+        with self._lock:
+            in_flight = len(self._held)
+            stats = attrs.asdict(self.stats)
+        self.store.beat(
+            {
+                "id": self.id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "version": _version(),
+                "broker": self.broker_scheme,
+                "concurrency": self.concurrency,
+                "started_at": self._started_at,
+                "stopped_at": time.time() if stopped else None,
+                "in_flight": in_flight,
+                "executions": stats["executions"],
+                "events": stats["events"],
+                "errors": stats["errors"],
+            }
+        )
+
+    def _heartbeat(self) -> None:
+        while not self._finished.wait(self.heartbeat_interval):
+            try:
+                self._beat()
+            except Exception as exc:  # the next beat tries again
+                log.warning("worker %s: heartbeat: %s", self.id, exc)
+
     def _sweep(self) -> tuple[str, str, int] | None:
         """Find an undecided event whose wake-up was lost, and take its execution."""
         for execution_id, tenant in self.store.pending_executions(self.concurrency * 4):
@@ -224,7 +367,27 @@ class Worker:
                 return execution_id, tenant, token
         return None
 
-    def _run_leased(self, execution_id: str, tenant: str, token: int) -> None:
+    def _run_leased(self, execution_id: str, tenant: str, token: int) -> bool:
+        """Process the execution under the lease until nothing is left, then give the lease up;
+        ``True`` when everything was committed, ``False`` when the execution is held back
+        after a failure (its lease kept for a growing pause)."""
+        while True:
+            settled = self._process_leased(execution_id, tenant, token)
+            if not settled:
+                return False
+            try:
+                if self._stopping.is_set() or self.store.release_lease_if_idle(
+                    execution_id, self.id, token, self.lease_ttl
+                ):
+                    if self._stopping.is_set():
+                        self.store.release_lease(execution_id, self.id, token)
+                    return True
+            except Exception as exc:  # the lease expires by itself
+                log.warning("worker %s: could not release %s: %s", self.id, execution_id, exc)
+                return True
+            # a wake-up arrived while we held the lease: it is ours to act on
+
+    def _process_leased(self, execution_id: str, tenant: str, token: int) -> bool:
         with self._lock:
             self._held[execution_id] = token
         cooldown: float | None = None
@@ -238,16 +401,19 @@ class Worker:
             self._count(executions=1, events=count)
             with self._lock:
                 self._failures.pop(execution_id, None)
+                self._last_error.pop(execution_id, None)
         except LeaseLostError as exc:
             self._count(leases_lost=1)
             log.warning("worker %s: %s", self.id, exc)
         except (StoreUnavailableError, sa.exc.SQLAlchemyError):
+            cooldown = self.poll_interval
             raise
         except CircuitOpenError as exc:
             # an action's circuit is open and its policy is to wait: hold the execution back
             # until a trial call may be admitted
             with self._lock:
                 self._failures[execution_id] = self._failures.get(execution_id, 0) + 1
+                self._last_error[execution_id] = str(exc)
             cooldown = min(max(exc.retry_after, 0.5), 300.0)
             log.warning(
                 "worker %s: execution %s held back %.1fs: %s", self.id, execution_id, cooldown, exc
@@ -258,6 +424,7 @@ class Worker:
             with self._lock:
                 failures = self._failures.get(execution_id, 0) + 1
                 self._failures[execution_id] = failures
+                self._last_error[execution_id] = f"{type(exc).__name__}: {exc}"
             cooldown = min(2.0**failures, 300.0)
             self._count(errors=1)
             log.error(
@@ -272,13 +439,12 @@ class Worker:
         finally:
             with self._lock:
                 self._held.pop(execution_id, None)
-            try:
-                if cooldown is None:
-                    self.store.release_lease(execution_id, self.id, token)
-                else:
+            if cooldown is not None:
+                try:
                     self.store.renew_lease(execution_id, self.id, token, cooldown)
-            except Exception as exc:  # the lease expires by itself
-                log.warning("worker %s: could not release %s: %s", self.id, execution_id, exc)
+                except Exception as exc:  # the lease expires by itself
+                    log.warning("worker %s: could not hold %s: %s", self.id, execution_id, exc)
+        return cooldown is None
 
     def _count(self, **increments: int) -> None:
         with self._lock:
@@ -302,3 +468,9 @@ class Worker:
             self.transport.listen(self._wake.set, self._stopping)
         except Exception:  # polling goes on without wake-ups
             log.exception("worker %s: the transport's listener failed; polling", self.id)
+
+
+def _version() -> str:
+    from ledgerflow import __version__
+
+    return __version__

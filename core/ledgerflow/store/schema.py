@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql
 __all__ = [
     "action_results",
     "circuit_breakers",
+    "dead_letters",
     "definitions",
     "events",
     "executions",
@@ -21,6 +22,7 @@ __all__ = [
     "metadata",
     "outbox",
     "snapshots",
+    "workers",
 ]
 
 metadata = sa.MetaData(
@@ -96,7 +98,10 @@ outbox = sa.Table(
     sa.Column("tenant", TENANT, nullable=False),
     sa.Column("event_id", ID, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
+    # when the wake-up was handled: its event decided, nothing left to do for it
     sa.Column("published_at", sa.Double),
+    # when an outbox relay last sent it through a broker transport (not the fast path)
+    sa.Column("relayed_at", sa.Double),
     # only unhandled wake-ups are ever searched: keep the indexes to them
     sa.Index(
         "ix_lf_outbox_unhandled_id",
@@ -161,4 +166,42 @@ circuit_breakers = sa.Table(
     sa.Column("opened_at", sa.Double),
     sa.Column("last_error", sa.Text),
     sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+dead_letters = sa.Table(
+    "lf_dead_letters",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    # what the message said, where it parsed (a malformed message has none of the three)
+    sa.Column("tenant", TENANT),
+    sa.Column("execution_id", ID),
+    sa.Column("event_id", ID),
+    sa.Column("transport", sa.String(50), nullable=False),
+    # the message's id among the transport's own dead letters
+    sa.Column("transport_id", sa.String(200), nullable=False),
+    sa.Column("message", JSONB, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("deliveries", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("retried_at", sa.Double),
+    sa.Column("discarded_at", sa.Double),
+    sa.Index(None, "created_at"),
+)
+
+workers = sa.Table(
+    "lf_workers",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("version", sa.String(50), nullable=False),
+    sa.Column("broker", sa.String(50), nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("last_beat", sa.Double, nullable=False),
+    sa.Column("stopped_at", sa.Double),
+    sa.Column("in_flight", sa.Integer, nullable=False),
+    sa.Column("executions", sa.Integer, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
 )

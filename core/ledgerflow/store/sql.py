@@ -29,12 +29,14 @@ from ledgerflow.store import codec
 from ledgerflow.store.schema import (
     action_results,
     circuit_breakers,
+    dead_letters,
     definitions,
     events,
     executions,
     leases,
     outbox,
     snapshots,
+    workers,
 )
 
 __all__ = ["NOTIFY_CHANNEL", "SQLStore", "StoredRecord", "normalise_url"]
@@ -43,7 +45,7 @@ NOTIFY_CHANNEL = "ledgerflow_wakeup"
 """The PostgreSQL channel an enqueue notifies and idle workers listen on."""
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
-_HEAD = "0002"
+_HEAD = "0003"
 
 
 def normalise_url(url: str) -> str:
@@ -639,6 +641,156 @@ class SQLStore:
                 .values(expires_at=0.0)
             )
 
+    def release_lease_if_idle(self, execution_id: str, owner: str, token: int, ttl: float) -> bool:
+        """Give the lease up unless a wake-up of the execution is still unhandled, in which
+        case the lease is kept (renewed for ``ttl``) and ``False`` returned: the holder goes on.
+
+        The lease is written before the outbox is read, in one transaction: a worker that was
+        handed a wake-up and found the lease held either saw it held before this transaction
+        (and then this read sees its event), or waits for it and takes the lease. So a wake-up
+        acknowledged because another worker held the execution is never left behind.
+        """
+        with self.write() as conn:
+            released = conn.execute(
+                leases.update()
+                .where(
+                    leases.c.execution_id == execution_id,
+                    leases.c.owner == owner,
+                    leases.c.token == token,
+                )
+                .values(expires_at=0.0)
+            ).rowcount
+            if not released:
+                return True  # not ours any more: nothing to give up
+            unhandled = conn.execute(
+                sa.select(outbox.c.id)
+                .where(outbox.c.execution_id == execution_id, outbox.c.published_at.is_(None))
+                .limit(1)
+            ).first()
+            if unhandled is None:
+                return True
+            conn.execute(
+                leases.update()
+                .where(leases.c.execution_id == execution_id, leases.c.token == token)
+                .values(expires_at=self.clock() + ttl)
+            )
+            return False
+
+    # ----------------------------------------------------------------------------------------
+    # Broker transports: the outbox relay, dead letters, worker heartbeats
+    # ----------------------------------------------------------------------------------------
+
+    def relay_claim(
+        self, *, older_than: float, again_after: float, limit: int
+    ) -> list[tuple[str, str, str]]:
+        """Take up to ``limit`` unhandled wake-ups committed more than ``older_than`` seconds
+        ago and not relayed in the last ``again_after`` seconds, mark them relayed now, and
+        return them as ``(execution_id, tenant, event_id)``, oldest first. On PostgreSQL the
+        rows are read ``FOR UPDATE SKIP LOCKED``, so concurrent relays take different rows."""
+        now = self.clock()
+        query = (
+            sa.select(outbox.c.id, outbox.c.execution_id, outbox.c.tenant, outbox.c.event_id)
+            .where(
+                outbox.c.published_at.is_(None),
+                outbox.c.created_at <= now - older_than,
+                sa.or_(outbox.c.relayed_at.is_(None), outbox.c.relayed_at <= now - again_after),
+            )
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with self.write() as conn:
+            rows = conn.execute(query).all()
+            if rows:
+                conn.execute(
+                    outbox.update()
+                    .where(outbox.c.id.in_([r.id for r in rows]))
+                    .values(relayed_at=now)
+                )
+        return [(r.execution_id, r.tenant, r.event_id) for r in rows]
+
+    def insert_dead_letter(
+        self,
+        *,
+        transport: str,
+        transport_id: str,
+        message: dict[str, Any],
+        reason: str,
+        deliveries: int,
+        tenant: str | None = None,
+        execution_id: str | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Record a message a transport dead-lettered; returns its id here."""
+        new_id = uuid.uuid4().hex
+        with self.write() as conn:
+            conn.execute(
+                dead_letters.insert().values(
+                    id=new_id,
+                    tenant=tenant,
+                    execution_id=execution_id,
+                    event_id=event_id,
+                    transport=transport,
+                    transport_id=transport_id,
+                    message=message,
+                    reason=reason.replace("\x00", "\\x00"),
+                    deliveries=deliveries,
+                    created_at=self.clock(),
+                )
+            )
+        return new_id
+
+    def dead_letter_rows(self, *, include_settled: bool = False, limit: int = 1000) -> list[Any]:
+        """Dead letters, newest first; without ``include_settled`` only those neither retried
+        nor discarded."""
+        query = sa.select(dead_letters).order_by(dead_letters.c.created_at.desc()).limit(limit)
+        if not include_settled:
+            query = query.where(
+                dead_letters.c.retried_at.is_(None), dead_letters.c.discarded_at.is_(None)
+            )
+        with self.read() as conn:
+            return list(conn.execute(query).all())
+
+    def dead_letter_row(self, dead_letter_id: str) -> Any:
+        """The dead letter ``dead_letter_id``, or ``None``."""
+        with self.read() as conn:
+            return conn.execute(
+                sa.select(dead_letters).where(dead_letters.c.id == dead_letter_id)
+            ).first()
+
+    def settle_dead_letter(self, dead_letter_id: str, *, how: str) -> bool:
+        """Mark a dead letter ``retried`` or ``discarded``; ``False`` if it was settled
+        already (or does not exist)."""
+        column = {"retried": "retried_at", "discarded": "discarded_at"}[how]
+        with self.write() as conn:
+            return bool(
+                conn.execute(
+                    dead_letters.update()
+                    .where(
+                        dead_letters.c.id == dead_letter_id,
+                        dead_letters.c.retried_at.is_(None),
+                        dead_letters.c.discarded_at.is_(None),
+                    )
+                    .values({column: self.clock()})
+                ).rowcount
+            )
+
+    def beat(self, worker: dict[str, Any]) -> None:
+        """Write a worker's heartbeat: its row, with ``last_beat`` now."""
+        values = {**worker, "last_beat": self.clock()}
+        with self.write() as conn:
+            done = conn.execute(
+                workers.update().where(workers.c.id == values["id"]).values(**values)
+            ).rowcount
+            if not done:
+                conn.execute(workers.insert().values(**values))
+
+    def worker_rows(self) -> list[Any]:
+        """Every worker that ever beat, the most recent first."""
+        with self.read() as conn:
+            return list(conn.execute(sa.select(workers).order_by(workers.c.last_beat.desc())).all())
+
     # ----------------------------------------------------------------------------------------
     # Action results
     # ----------------------------------------------------------------------------------------
@@ -783,6 +935,8 @@ class SQLStore:
             leases,
             snapshots,
             circuit_breakers,
+            dead_letters,
+            workers,
         )
         with self.read() as conn:
             return {
