@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 
 import attrs
 import sqlalchemy as sa
@@ -192,6 +193,27 @@ class Worker:
         while self._work_once():
             pass
         return self.stats.events - before
+
+    def handle(self, wakeups: Sequence[Wakeup]) -> list[str]:
+        """Process the executions of ``wakeups`` (a serverless function's trigger, say), in
+        this thread, and return; returns the executions left for later: held by another
+        worker (which acts on them itself) or failing (processed again after a pause).
+
+        Each execution is taken under its lease, processed until nothing is left, and given
+        up, exactly as a running worker does; a wake-up whose event was processed already
+        changes nothing. With no wake-ups, one sweep for undecided events is made instead (a
+        cron job's pass).
+        """
+        if not wakeups:
+            found = self.store.pending_executions(self.concurrency * 32)
+            wakeups = [Wakeup(execution_id=e, tenant=t, event_id="") for e, t in found]
+        left: list[str] = []
+        for execution_id in dict.fromkeys(w.execution_id for w in wakeups):
+            tenant = next(w.tenant for w in wakeups if w.execution_id == execution_id)
+            token = self.store.take_lease(execution_id, self.id, self.lease_ttl)
+            if token is None or not self._run_leased(execution_id, tenant, token):
+                left.append(execution_id)
+        return left
 
     # ----------------------------------------------------------------------------------------
 
