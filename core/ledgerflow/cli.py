@@ -339,6 +339,13 @@ def send_command(
     type=click.FloatRange(min=0.01),
     help="Seconds.",
 )
+@click.option(
+    "--health-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Touch this file after every heartbeat that reached the store (a liveness probe "
+    "checks its age).",
+)
 @json_flag
 @pass_settings
 def worker_command(
@@ -347,13 +354,18 @@ def worker_command(
     until_idle: bool,
     lease_ttl: float,
     poll_interval: float,
+    health_file: str | None,
     as_json: bool,
 ) -> None:
     """Process pending events; SIGTERM or SIGINT stops it after the event in hand."""
     from ledgerflow.worker import Worker
 
     worker = Worker(
-        settings.engine(), concurrency=concurrency, lease_ttl=lease_ttl, poll_interval=poll_interval
+        settings.engine(),
+        concurrency=concurrency,
+        lease_ttl=lease_ttl,
+        poll_interval=poll_interval,
+        health_file=health_file,
     )
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -381,6 +393,36 @@ def worker_command(
             f"error: {len(failing)} execution(s) could not be processed: {', '.join(failing)}",
             err=True,
         )
+        sys.exit(1)
+
+
+@cli.command("health")
+@json_flag
+@pass_settings
+def health_command(settings: _Settings, as_json: bool) -> None:
+    """Check that the store (with the current schema) and the broker answer; exit 1 if not.
+    For readiness probes."""
+    checks: dict[str, str] = {}
+    engine = settings.engine(check_schema=False, load_app=False)
+    try:
+        engine.store.check_schema()
+        checks["store"] = "ok"
+    except LedgerflowError as exc:
+        checks["store"] = str(exc)
+    try:
+        ping = getattr(engine.transport, "ping", None)
+        if callable(ping):
+            ping()
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"{type(exc).__name__}: {exc}"
+    healthy = all(v == "ok" for v in checks.values())
+    if as_json:
+        _echo_json({"healthy": healthy, **checks})
+    else:
+        for name, value in checks.items():
+            click.echo(f"{name}: {value}")
+    if not healthy:
         sys.exit(1)
 
 

@@ -73,6 +73,7 @@ class Worker:
         broker: str | None = None,
         relay_after: float = 2.0,
         heartbeat_interval: float = 5.0,
+        health_file: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -98,6 +99,7 @@ class Worker:
         self.relay_after = relay_after
         self.relay_interval = min(1.0, relay_after)
         self.heartbeat_interval = heartbeat_interval
+        self.health_file = health_file
         self.stats = WorkerStats()
         self._started_at = time.time()
         self._last_error: dict[str, str] = {}
@@ -375,11 +377,20 @@ class Worker:
         )
 
     def _heartbeat(self) -> None:
+        """Beat every ``heartbeat_interval``; touch ``health_file`` after each beat that
+        reached the store, so a liveness probe sees a worker that is alive and connected."""
         while not self._finished.wait(self.heartbeat_interval):
             try:
                 self._beat()
             except Exception as exc:  # the next beat tries again
                 log.warning("worker %s: heartbeat: %s", self.id, exc)
+                continue
+            if self.health_file:
+                try:
+                    with open(self.health_file, "a"):
+                        os.utime(self.health_file)
+                except OSError as exc:
+                    log.warning("worker %s: health file: %s", self.id, exc)
 
     def _sweep(self) -> tuple[str, str, int] | None:
         """Find an undecided event whose wake-up was lost, and take its execution."""

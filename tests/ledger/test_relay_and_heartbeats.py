@@ -92,7 +92,14 @@ def test_workers_report_heartbeats_and_are_listed_running_stopped_or_dead(tmp_pa
     try:
         stopped = Worker(engine, name="done-worker", heartbeat_interval=0.05)
         stopped.run(until_idle=True)
-        running = Worker(engine, name="live-worker", heartbeat_interval=0.05, poll_interval=0.05)
+        health = tmp_path / "healthy"
+        running = Worker(
+            engine,
+            name="live-worker",
+            heartbeat_interval=0.05,
+            poll_interval=0.05,
+            health_file=str(health),
+        )
         thread = threading.Thread(target=running.run)
         thread.start()
         try:
@@ -127,6 +134,7 @@ def test_workers_report_heartbeats_and_are_listed_running_stopped_or_dead(tmp_pa
             text = cli(db, "workers").stdout
             assert "lost-worker" in text
             assert "dead" in text
+            assert time.time() - health.stat().st_mtime < 5  # touched after recent beats
         finally:
             running.stop()
             thread.join()
@@ -181,3 +189,15 @@ def test_dead_letters_are_listed_shown_retried_and_discarded(tmp_path: Path) -> 
     }
     missing = cli(db, "dead-letters", "show", "nope")
     assert (missing.returncode, missing.stderr.strip()) == (2, "error: dead letter nope not found")
+
+
+def test_health_says_whether_the_store_answers_with_the_current_schema(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/health.db"
+    missing = cli(db, "health", "--json")
+    assert missing.returncode == 1
+    report = json.loads(missing.stdout)
+    assert report["healthy"] is False
+    assert "ledgerflow db upgrade" in report["store"]
+    assert cli(db, "db", "upgrade").returncode == 0
+    fine = cli(db, "health")
+    assert (fine.returncode, fine.stdout) == (0, "store: ok\nbroker: ok\n")
