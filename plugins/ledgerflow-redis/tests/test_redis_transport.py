@@ -171,8 +171,10 @@ def test_receive_gives_at_most_count_and_holds_the_rest_back_for_the_next_call(
     transport.publish([wakeup(x) for x in executions])
     assert all(server.length(s) > 0 for s in transport.streams)
 
-    batches = [transport.receive("worker-a", count=1, block=0) for _ in range(40)]
+    started = time.monotonic()
+    batches = [transport.receive("worker-a", count=1, block=2) for _ in range(40)]
 
+    assert time.monotonic() - started < 1  # what was held back came at once
     assert all(len(batch) == 1 for batch in batches)
     assert sorted(d.wakeup.execution_id for (d,) in batches if d.wakeup) == sorted(executions)
     assert transport.receive("worker-a", count=1, block=0) == []
@@ -315,6 +317,19 @@ def test_claims_take_at_most_count_and_resume_where_they_stopped(connect: Connec
     third = transport.receive("worker-b", count=2, block=0)
     assert [len(first), len(second), len(third)] == [2, 2, 1]
     assert [d.id for d in first + second + third] == [d.id for d in dead]
+
+
+def test_each_claim_look_starts_one_stream_further(connect: Connect) -> None:
+    transport = connect(streams=2, claim_idle=0.05, claim_every=0)
+    executions = [f"inv-{n}" for n in range(20)]
+    transport.publish([wakeup(x) for x in executions])
+    receive_all(transport, "worker-dead", 20)
+    time.sleep(0.1)
+    first = transport.receive("worker-b", count=1, block=0)
+    second = transport.receive("worker-b", count=1, block=0)
+    streams = [d.id.split("|")[0] for d in first + second]
+    assert sorted(streams) == list(transport.streams)  # one does not keep the other waiting
+    assert [d.deliveries for d in first + second] == [2, 2]
 
 
 def test_a_pending_message_deleted_from_its_stream_is_dropped_from_claims_and_logged(

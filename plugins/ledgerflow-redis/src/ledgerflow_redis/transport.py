@@ -134,6 +134,7 @@ class RedisTransport:
         self._groups_ready = False
         self._cursors = dict.fromkeys(self.streams, "0-0")
         self._next_claim = 0.0
+        self._claim_from = 0
         self._held: dict[str, list[Delivery]] = {}
 
     def __repr__(self) -> str:
@@ -181,8 +182,8 @@ class RedisTransport:
         unacknowledged for ``claim_idle`` seconds are claimed (``XAUTOCLAIM``); then new ones
         are read from every stream (``XREADGROUP >``). A message's ``deliveries`` is Redis's
         delivery count for it. When several streams have work, a read may bring a few more
-        than ``count``: those are held back and returned first by the next call for the
-        same consumer. The group is created on first use, and again if Redis lost it.
+        than ``count``: those are held back, and the next call for the same consumer returns
+        them at once. The group is created on first use, and again if Redis lost it.
         """
         if not consumer or not isinstance(consumer, str):
             raise ValueError("consumer must be a non-empty string (the worker's id)")
@@ -191,14 +192,14 @@ class RedisTransport:
         if block < 0:
             raise ValueError(f"block must be 0 or more seconds, not {block!r}")
         with self._lock:
-            held = self._held.get(consumer, [])
-            deliveries, self._held[consumer] = held[:count], held[count:]
-        if len(deliveries) == count:
-            return deliveries
+            held = self._held.pop(consumer, [])
+            if held:  # at once, without waiting for more
+                self._held[consumer] = held[count:]
+                return held[:count]
         with self._talking("receiving"):
             self._ensure_groups()
             try:
-                deliveries += self._receive(consumer, count - len(deliveries), block, deliveries)
+                return self._receive(consumer, count, block)
             except redis.ResponseError as exc:
                 if not str(exc).startswith("NOGROUP"):
                     raise
@@ -212,12 +213,9 @@ class RedisTransport:
                 self.group_resets += 1
                 self._groups_ready = False
                 self._ensure_groups()
-                deliveries += self._receive(consumer, count - len(deliveries), block, deliveries)
-        return deliveries
+                return self._receive(consumer, count, block)
 
-    def _receive(
-        self, consumer: str, count: int, block: float, already: list[Delivery]
-    ) -> list[Delivery]:
+    def _receive(self, consumer: str, count: int, block: float) -> list[Delivery]:
         got = self._claim(consumer, count)
         wanted = count - len(got)
         if wanted == 0:
@@ -225,7 +223,7 @@ class RedisTransport:
         # COUNT applies to each stream: ask each for its share, so a read brings at most
         # len(streams) - 1 more than wanted, and keep those for the next call
         share = -(-wanted // len(self.streams))
-        waiting = None if (got or already or block == 0) else min(block, self.settings.max_block)
+        waiting = None if (got or block == 0) else min(block, self.settings.max_block)
         reply: _ReadReply = self.redis.xreadgroup(  # type: ignore[assignment]
             self.settings.group,
             consumer,
@@ -246,15 +244,21 @@ class RedisTransport:
 
     def _claim(self, consumer: str, count: int) -> list[Delivery]:
         """Take over messages idle for ``claim_idle`` seconds, if a look is due, from each
-        stream in turn, resuming each stream's scan where the last look stopped."""
+        stream in turn (starting one stream further at each look, so that one stream full of
+        a dead worker's messages does not keep the others waiting), resuming each stream's
+        scan where the last look stopped."""
         if time.monotonic() < self._next_claim or not self._claiming.acquire(blocking=False):
             return []
         try:
             claimed: list[tuple[str, bytes, dict[bytes, bytes]]] = []
             idle_ms = max(1, round(self.settings.claim_idle * 1000))
-            for stream in self.streams:
+            first = self._claim_from
+            self._claim_from = (first + 1) % len(self.streams)
+            looked = 0
+            for stream in self.streams[first:] + self.streams[:first]:
                 if len(claimed) == count:
                     break
+                looked += 1
                 cursor, entries, *rest = self.redis.xautoclaim(
                     stream,
                     self.settings.group,
@@ -277,15 +281,18 @@ class RedisTransport:
                         self.settings.group,
                     )
                 claimed += [(stream, i, f) for i, f in entries if f is not None]
-            if all(cursor == "0-0" for cursor in self._cursors.values()):
+            if looked == len(self.streams) and all(c == "0-0" for c in self._cursors.values()):
+                # every stream was scanned to its end: the next look is due in claim_every
+                # seconds; until then, each receive goes on where this look stopped
                 self._next_claim = time.monotonic() + self.settings.claim_every
             if not claimed:
                 return []
-            # XAUTOCLAIM counted the delivery; XPENDING says how many there were
+            # XAUTOCLAIM counted the delivery; XPENDING says how many there were (an entry
+            # acknowledged meanwhile has no row: it was delivered twice at least)
             pipe = self.redis.pipeline(transaction=False)
             for stream, entry_id, _ in claimed:
                 pipe.xpending_range(stream, self.settings.group, entry_id, entry_id, 1)
-            counts = [rows[0]["times_delivered"] if rows else 1 for rows in pipe.execute()]
+            counts = [rows[0]["times_delivered"] if rows else 2 for rows in pipe.execute()]
             return [
                 self._delivery(stream, entry_id.decode(), fields, deliveries)
                 for (stream, entry_id, fields), deliveries in zip(claimed, counts, strict=True)
