@@ -1,0 +1,355 @@
+"""Contract test suites: what every backend must do, as pytest tests a backend's own test
+module inherits.
+
+:class:`StoreContract` holds the promises the engine relies on from a store (the methods of
+:class:`~ledgerflow.store.sql.SQLStore` it calls): appending records with optimistic
+concurrency on ``(execution_id, seq)``, reading them back in order and by tenant, event
+statuses, projections and snapshots, leases with fencing tokens, idempotent action results,
+and registered definitions. Subclass it in a module of your tests, name the subclass
+``Test…``, and implement :meth:`StoreContract.make_store`::
+
+    class TestMyStore(StoreContract):
+        def make_store(self, clock: Clock) -> SQLStore:
+            store = MyStore(MY_TEST_URL, clock=clock)
+            store.upgrade()
+            return store
+
+Every test gets a fresh store from it (empty, with its schema) and a
+:class:`~ledgerflow.testing.Clock` it can move. ledgerflow runs this suite against SQLite and
+PostgreSQL.
+
+A contract for transports (how workers learn of work) will join it once the transport
+protocol, being redesigned now, settles.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from ledgerflow.errors import LeaseLostError
+from ledgerflow.model import (
+    EventReceived,
+    ExecutionStarted,
+    Record,
+    State,
+    Status,
+    StepSucceeded,
+    TransitionApplied,
+)
+from ledgerflow.store.sql import SQLStore
+from ledgerflow.testing.harness import Clock
+
+__all__ = ["StoreContract"]
+
+
+def _state(seq: int, name: str = "draft", **context: object) -> State:
+    return State(
+        workflow="Contract",
+        version=1,
+        name=name,
+        context=dict(context),
+        status=Status.ACTIVE,
+        seq=seq,
+        decided_seq=0,
+    )
+
+
+class StoreContract(abc.ABC):
+    """The store contract: subclass it as ``Test…`` and implement :meth:`make_store`."""
+
+    tenant = "contract-tenant"
+    other_tenant = "contract-other"
+
+    @abc.abstractmethod
+    def make_store(self, clock: Clock) -> SQLStore:
+        """A fresh, empty store with its schema in place, using ``clock`` for every time it
+        writes. Called once per test; the store is closed after it."""
+
+    # ----------------------------------------------------------------------------------------
+
+    @pytest.fixture
+    def clock(self) -> Clock:
+        """The clock of the test's store."""
+        return Clock()
+
+    @pytest.fixture
+    def store(self, clock: Clock) -> Iterator[SQLStore]:
+        """The store under test."""
+        store = self.make_store(clock)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def new_execution(self, store: SQLStore, tenant: str | None = None) -> str:
+        """Create an execution with its first record; returns its id."""
+        execution_id = f"c-{uuid.uuid4().hex[:16]}"
+        started = ExecutionStarted(seq=1, workflow="Contract", version=1, context={"n": 1})
+        with store.write() as conn:
+            store.insert_execution(conn, execution_id, tenant or self.tenant, _state(1), started)
+        return execution_id
+
+    def append(self, store: SQLStore, execution_id: str, *records: Record) -> list[str]:
+        """Append ``records`` in one transaction; returns their event ids."""
+        with store.write() as conn:
+            return store.insert_records(conn, execution_id, self.tenant, list(records))
+
+    def ledger(self, store: SQLStore, execution_id: str, tenant: str | None = None) -> list[Record]:
+        """The execution's records as the store reads them."""
+        with store.read() as conn:
+            found = store.records(conn, execution_id, tenant or self.tenant)
+        return [s.record for s in found]
+
+    # ----------------------------------------------------------------------------------------
+    # The ledger
+    # ----------------------------------------------------------------------------------------
+
+    def test_the_schema_is_in_place(self, store: SQLStore) -> None:
+        store.check_schema()
+        assert store.revision() is not None
+
+    def test_records_read_back_as_written_in_seq_order(self, store: SQLStore) -> None:
+        x = self.new_execution(store)
+        written: list[Record] = [
+            EventReceived(seq=2, name="Go", payload={"a": [1, 2.5, "é", None]}, role="clerk"),
+            TransitionApplied(
+                seq=3, event_seq=2, transition="go", source="draft", target="done", context={"k": 1}
+            ),
+            StepSucceeded(seq=4, event_seq=2, step_id="s", result={"ok": True}, attempts=2),
+        ]
+        self.append(store, x, *written)
+        ledger = self.ledger(store, x)
+        assert ledger[0] == ExecutionStarted(
+            seq=1, workflow="Contract", version=1, context={"n": 1}
+        )
+        assert ledger[1:] == written
+        with store.read() as conn:
+            assert store.last_seq(conn, x) == 4
+            assert [s.record.seq for s in store.records(conn, x, self.tenant, after=2)] == [3, 4]
+
+    def test_a_seq_is_taken_once(self, store: SQLStore) -> None:
+        x = self.new_execution(store)
+        self.append(store, x, EventReceived(seq=2, name="Go"))
+        with pytest.raises(sa.exc.IntegrityError):
+            self.append(store, x, EventReceived(seq=2, name="Again"))
+        assert [r.seq for r in self.ledger(store, x)] == [1, 2]
+        assert self.ledger(store, x)[1] == EventReceived(seq=2, name="Go")
+
+    def test_a_failed_append_writes_nothing(self, store: SQLStore) -> None:
+        x = self.new_execution(store)
+        before = store.row_counts()
+        with pytest.raises(sa.exc.IntegrityError):
+            self.append(store, x, EventReceived(seq=3, name="Fine"), EventReceived(seq=1, name="X"))
+        assert store.row_counts() == before
+
+    def test_an_appended_event_is_pending_and_keeps_its_client_key(self, store: SQLStore) -> None:
+        x = self.new_execution(store)
+        with store.write() as conn:
+            (event_id,) = store.insert_records(
+                conn, x, self.tenant, [EventReceived(seq=2, name="Go")], client_key="k-1"
+            )
+        with store.read() as conn:
+            assert store.event_by_key(conn, x, "k-1") == event_id
+            assert store.event_by_key(conn, x, "k-2") is None
+            row = store.event_row(conn, event_id, self.tenant)
+        assert (row.status, row.name, row.seq) == ("pending", "Go", 2)
+        assert store.pending_executions(10) == [(x, self.tenant)]
+        assert store.has_work()
+
+    def test_an_event_outcome_is_recorded(self, store: SQLStore, clock: Clock) -> None:
+        x = self.new_execution(store)
+        (event_id,) = self.append(store, x, EventReceived(seq=2, name="Go"))
+        clock.advance(5)
+        with store.write() as conn:
+            store.set_event_outcome(
+                conn, x, 2, status="rejected", outcome="no_transition", detail="nowhere to go"
+            )
+        with store.read() as conn:
+            row = store.event_row(conn, event_id, self.tenant)
+        assert (row.status, row.outcome, row.detail) == (
+            "rejected",
+            "no_transition",
+            "nowhere to go",
+        )
+        assert row.processed_at == clock.now
+        assert store.pending_executions(10) == []
+
+    # ----------------------------------------------------------------------------------------
+    # Tenants
+    # ----------------------------------------------------------------------------------------
+
+    def test_another_tenant_sees_nothing(self, store: SQLStore) -> None:
+        x = self.new_execution(store)
+        (event_id,) = self.append(store, x, EventReceived(seq=2, name="Go"))
+        with store.read() as conn:
+            assert store.execution_row(conn, x, self.other_tenant) is None
+            assert store.records(conn, x, self.other_tenant) == []
+            assert store.event_row(conn, event_id, self.other_tenant) is None
+            assert store.execution_row(conn, x, self.tenant) is not None
+        assert store.snapshot_states(x, self.other_tenant) == []
+
+    # ----------------------------------------------------------------------------------------
+    # Projections and snapshots
+    # ----------------------------------------------------------------------------------------
+
+    def test_the_projection_is_what_was_saved(self, store: SQLStore) -> None:
+        x = self.new_execution(store)
+        saved = State(
+            workflow="Contract",
+            version=1,
+            name="done",
+            context={"total": 12.5, "who": ["a", "b"]},
+            status=Status.COMPLETED,
+            seq=7,
+            decided_seq=5,
+        )
+        with store.write() as conn:
+            store.save_projection(conn, x, saved)
+        with store.read() as conn:
+            row = store.execution_row(conn, x, self.tenant)
+        assert (row.state, row.context, row.status) == ("done", saved.context, "completed")
+        assert (row.projection_seq, row.decided_seq) == (7, 5)
+
+    def test_snapshots_come_back_oldest_first_and_the_latest_is_the_newest(
+        self, store: SQLStore
+    ) -> None:
+        x = self.new_execution(store)
+        first, second = _state(4, "a", n=1), _state(8, "b", n=2)
+        with store.write() as conn:
+            store.save_snapshot(conn, x, self.tenant, first)
+            store.save_snapshot(conn, x, self.tenant, second)
+        assert store.snapshot_states(x, self.tenant) == [first, second]
+        with store.read() as conn:
+            assert store.latest_snapshot(conn, x, self.tenant) == second
+
+    # ----------------------------------------------------------------------------------------
+    # Leases and fencing
+    # ----------------------------------------------------------------------------------------
+
+    def test_a_lease_is_held_by_one_owner_until_it_expires(
+        self, store: SQLStore, clock: Clock
+    ) -> None:
+        x = self.new_execution(store)
+        token = store.take_lease(x, "w1", 30)
+        assert token is not None
+        assert store.take_lease(x, "w2", 30) is None
+        assert store.take_lease(x, "w1", 30) is None  # not even its own owner, twice
+        clock.advance(31)
+        taken = store.take_lease(x, "w2", 30)
+        assert taken is not None
+        assert taken > token
+
+    def test_a_fenced_write_of_a_superseded_owner_is_refused(
+        self, store: SQLStore, clock: Clock
+    ) -> None:
+        x = self.new_execution(store)
+        old = store.take_lease(x, "w1", 30)
+        assert old is not None
+        clock.advance(31)
+        new = store.take_lease(x, "w2", 30)
+        assert new is not None
+
+        def late_write() -> None:
+            with store.write() as conn:
+                store.fence(conn, x, "w1", old, 30)
+                store.insert_records(conn, x, self.tenant, [EventReceived(seq=2, name="Late")])
+
+        with pytest.raises(LeaseLostError):
+            late_write()
+        assert [r.seq for r in self.ledger(store, x)] == [1]
+        assert store.renew_lease(x, "w2", new, 30)
+        assert not store.renew_lease(x, "w1", old, 30)
+
+    def test_a_fence_renews_the_lease(self, store: SQLStore, clock: Clock) -> None:
+        x = self.new_execution(store)
+        token = store.take_lease(x, "w1", 30)
+        assert token is not None
+        clock.advance(20)
+        with store.write() as conn:
+            store.fence(conn, x, "w1", token, 30)
+        clock.advance(20)  # 40 s after taking it, 20 after the fence: still held
+        assert store.take_lease(x, "w2", 30) is None
+
+    def test_a_released_lease_is_free_at_once_and_tokens_keep_counting(
+        self, store: SQLStore
+    ) -> None:
+        x = self.new_execution(store)
+        first = store.take_lease(x, "w1", 30)
+        assert first is not None
+        store.release_lease(x, "w1", first)
+        second = store.take_lease(x, "w2", 30)
+        assert second is not None
+        assert second > first
+
+    def test_a_leased_execution_is_not_offered_to_the_sweep(
+        self, store: SQLStore, clock: Clock
+    ) -> None:
+        x = self.new_execution(store)
+        self.append(store, x, EventReceived(seq=2, name="Go"))
+        assert store.take_lease(x, "w1", 30) is not None
+        assert store.pending_executions(10) == []
+        clock.advance(31)
+        assert store.pending_executions(10) == [(x, self.tenant)]
+
+    # ----------------------------------------------------------------------------------------
+    # Action results
+    # ----------------------------------------------------------------------------------------
+
+    def record_result(self, store: SQLStore, execution_id: str, key: str, result: object) -> None:
+        """Record ``result`` under ``key`` for step ``s1`` of event ``e1``."""
+        with store.write() as conn:
+            store.insert_action_result(
+                conn,
+                key=key,
+                tenant=self.tenant,
+                execution_id=execution_id,
+                event_id="e1",
+                step_id="s1",
+                action="contract.act",
+                result=result,
+                attempts=1,
+            )
+
+    def test_an_action_result_is_recorded_once_per_key(self, store: SQLStore) -> None:
+        x = self.new_execution(store)
+        key = f"{x}:e1:s1"
+        with store.read() as conn:
+            assert store.action_result(conn, key) == (False, None)
+        self.record_result(store, x, key, {"n": [1, "two"]})
+        with pytest.raises(sa.exc.IntegrityError):
+            self.record_result(store, x, key, "second")
+        with store.read() as conn:
+            assert store.action_result(conn, key) == (True, {"n": [1, "two"]})
+
+    def test_a_null_result_is_recorded_as_a_result(self, store: SQLStore) -> None:
+        x = self.new_execution(store)
+        self.record_result(store, x, f"{x}:e1:s1", None)
+        with store.read() as conn:
+            assert store.action_result(conn, f"{x}:e1:s1") == (True, None)
+
+    # ----------------------------------------------------------------------------------------
+    # Definitions
+    # ----------------------------------------------------------------------------------------
+
+    def test_definitions_are_kept_by_name_and_version(self, store: SQLStore) -> None:
+        name = f"Contract{uuid.uuid4().hex[:8]}"
+        with store.write() as conn:
+            assert store.definition_hash(conn, name, 1) is None
+            store.insert_definition(conn, name, 1, {"name": name, "version": 1}, "h1")
+            store.insert_definition(conn, name, 2, {"name": name, "version": 2}, "h2")
+        with store.read() as conn:
+            assert store.definition_hash(conn, name, 2) == "h2"
+        assert store.latest_version(name) == 2
+        assert store.definition_body(name, 1) == {"name": name, "version": 1}
+        assert store.definition_body(name, 3) is None
+        assert [(n, v, h) for n, v, h, _ in store.list_definitions() if n == name] == [
+            (name, 1, "h1"),
+            (name, 2, "h2"),
+        ]
+        with pytest.raises(sa.exc.IntegrityError), store.write() as conn:
+            store.insert_definition(conn, name, 1, {"changed": True}, "h3")

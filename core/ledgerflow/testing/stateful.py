@@ -1,0 +1,443 @@
+"""Property-test a workflow: :func:`check_workflow` drives executions of it with generated
+events and faults, and checks after every step that the engine kept its promises and that the
+workflow kept the user's.
+
+The test is a hypothesis :class:`~hypothesis.stateful.RuleBasedStateMachine` (build the class
+with :func:`workflow_machine` to run it under pytest yourself). Each example starts one
+execution in a fresh :class:`~ledgerflow.testing.Harness` (``start(context)``) and applies one
+rule, over and over: ``send(event, wait, fault)``. After ``wait`` seconds, a client appends an
+event the definition knows (a payload its schema accepts, a role its transitions name) and a
+worker processes it, with, or without, a ``fault``: the worker dies before or after an
+action's effect (:class:`~ledgerflow.testing.Crash`) or stalls past its lease
+(:class:`~ledgerflow.testing.LeaseExpires`) and a fresh worker recovers the execution; the
+event's wake-up is delivered again (:class:`~ledgerflow.testing.Redelivery`); the client sends
+it again with the same key (:class:`~ledgerflow.testing.ClientRetry`); the worker restarts
+first (:class:`~ledgerflow.testing.WorkerRestart`).
+
+After each rule it checks: the projection equals the ledger replayed (from zero and from every
+snapshot); no action ran again once its result was recorded; no event is left undecided; a
+redelivered wake-up or a retried append changed nothing; once a fault struck, the execution
+ends in the same ledger, state, recorded results and effects as the same events without it;
+and every invariant given. A failure is shrunk by hypothesis to the shortest sequence of rules
+that shows it, reported as those rules and as the execution's ledger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import attrs
+import hypothesis
+from hypothesis import HealthCheck, note
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from ledgerflow.definitions import Definition
+from ledgerflow.engine import Engine
+from ledgerflow.model import JSON, Event, Record, State, TransitionApplied, Workflow
+from ledgerflow.plugins import Plugins
+from ledgerflow.registry import ActionRegistry
+from ledgerflow.testing import strategies
+from ledgerflow.testing.harness import (
+    ActionCall,
+    ClientRetry,
+    Crash,
+    Fault,
+    Harness,
+    LeaseExpires,
+    Redelivery,
+    SimulatedCrash,
+    WorkerRestart,
+    _compiled,
+    _Look,
+)
+
+__all__ = ["Invariant", "Observation", "check_workflow", "workflow_machine"]
+
+DefinitionSource: TypeAlias = Definition | Workflow | str | Path
+
+
+@attrs.frozen(kw_only=True)
+class Observation:
+    """What an invariant is shown after every step of :func:`check_workflow`: the execution's
+    ``state`` (replayed from its ledger), its ``ledger``, the action ``calls`` made for it,
+    the ``effects`` the ``effects`` function reported (``None`` without one) and the
+    ``harness`` itself, for anything else (its store, say)."""
+
+    harness: Harness
+    execution_id: str
+    state: State
+    ledger: tuple[Record, ...]
+    calls: tuple[ActionCall, ...]
+    effects: JSON = None
+
+    @property
+    def context(self) -> Mapping[str, JSON]:
+        """The execution's context."""
+        return self.state.context
+
+    def applied(self, transition: str | None = None) -> list[TransitionApplied]:
+        """The transitions applied so far (those named ``transition``, if given), in order."""
+        return [
+            r
+            for r in self.ledger
+            if isinstance(r, TransitionApplied) and transition in (None, r.transition)
+        ]
+
+
+Invariant: TypeAlias = Callable[[Observation], object]
+"""A property of every execution: it fails by raising :class:`AssertionError` or returning
+``False``; anything else (``True``, ``None``) passes."""
+
+
+def check_workflow(
+    definition: DefinitionSource,
+    *,
+    actions: ActionRegistry | None = None,
+    setup: Callable[[Engine], object] | None = None,
+    invariants: Iterable[Invariant] = (),
+    effects: Callable[[Harness], JSON] | None = None,
+    payloads: Mapping[str, st.SearchStrategy[Mapping[str, JSON]]] | None = None,
+    context: Mapping[str, JSON] | st.SearchStrategy[Mapping[str, JSON]] | None = None,
+    faults: bool = True,
+    url: str = "sqlite://",
+    plugins: Plugins | None = None,
+    max_examples: int = 200,
+    steps: int = 10,
+    settings: hypothesis.settings | None = None,
+) -> None:
+    """Property-test ``definition``: run :func:`workflow_machine`'s state machine for
+    ``max_examples`` examples of up to ``steps`` rules each; return quietly, or raise the
+    first failure, shrunk, with the failing rules and the execution's ledger attached (pytest
+    prints them).
+
+    ``actions`` and ``setup`` give the engine what the workflow's steps call (as for
+    :class:`~ledgerflow.testing.Harness`); ``invariants`` are the workflow's own promises (see
+    :data:`Invariant`); ``effects(harness)`` returns the effects to compare after a fault (the
+    rows of the app's tables, say: JSON values). ``payloads`` replaces the strategy of an
+    event's payload; ``context`` is the initial context, or a strategy for it. ``faults=False``
+    leaves out crashes and lost leases. ``url`` is the store of every example (a fresh
+    in-memory SQLite database each by default; any other URL is shared by the examples, each
+    with a tenant of its own). ``settings`` replaces the hypothesis settings built from
+    ``max_examples`` and ``steps`` (no deadline: examples run real transactions).
+    """
+    machine = workflow_machine(
+        definition,
+        actions=actions,
+        setup=setup,
+        invariants=invariants,
+        effects=effects,
+        payloads=payloads,
+        context=context,
+        faults=faults,
+        url=url,
+        plugins=plugins,
+    )
+    chosen = settings or hypothesis.settings(
+        max_examples=max_examples,
+        stateful_step_count=steps,
+        deadline=None,
+        report_multiple_bugs=False,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    run_state_machine_as_test(machine, settings=chosen)
+
+
+def workflow_machine(
+    definition: DefinitionSource,
+    *,
+    actions: ActionRegistry | None = None,
+    setup: Callable[[Engine], object] | None = None,
+    invariants: Iterable[Invariant] = (),
+    effects: Callable[[Harness], JSON] | None = None,
+    payloads: Mapping[str, st.SearchStrategy[Mapping[str, JSON]]] | None = None,
+    context: Mapping[str, JSON] | st.SearchStrategy[Mapping[str, JSON]] | None = None,
+    faults: bool = True,
+    url: str = "sqlite://",
+    plugins: Plugins | None = None,
+) -> type[RuleBasedStateMachine]:
+    """The state machine :func:`check_workflow` runs, as a class (arguments as there).
+
+    Run it under pytest with its ``TestCase``, and hypothesis settings of your own::
+
+        InvoiceMachine = workflow_machine(definition, setup=invoice_app.setup)
+        TestInvoice = InvoiceMachine.TestCase
+        TestInvoice.settings = settings(max_examples=50, stateful_step_count=10)
+    """
+    compiled = _compiled(definition)
+    checks = tuple(invariants)
+    shared = plugins if plugins is not None else Plugins()
+    events = strategies.events(compiled, payloads=payloads)
+    most_calls = max((2 * len(ct.steps) for ct in compiled.transitions), default=0)
+    fault: st.SearchStrategy[Fault | None] = (
+        strategies.faults(max_call=most_calls) if faults else st.none()
+    )
+    contexts: st.SearchStrategy[Mapping[str, JSON]] = (
+        context if isinstance(context, st.SearchStrategy) else st.just(dict(context or {}))
+    )
+    waits = st.one_of(st.just(0.0), strategies.clock_advances(compiled))
+    numbers = itertools.count(1)
+
+    class WorkflowMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.number = next(numbers)
+            self.subject = self._harness()
+            self.reference: Harness | None = None
+            self.execution_id = ""
+            self.reference_id = ""
+            self.script: list[tuple[str, Any, Any]] = []
+            self.story: list[str] = []
+            self.sent: list[tuple[Event, str, str]] = []
+
+        def _harness(self) -> Harness:
+            return Harness(
+                compiled,
+                url=url,
+                actions=actions,
+                setup=setup,
+                tenant=f"check-{uuid.uuid4().hex[:8]}",
+                plugins=shared,
+            )
+
+        # ------------------------------------------------------------------------------------
+
+        @initialize(context=contexts)
+        def start(self, context: Mapping[str, JSON]) -> None:
+            with self._reporting():
+                self.execution_id = f"x-{uuid.uuid4().hex[:12]}"
+                self.subject.start(
+                    compiled.name,
+                    version=compiled.version,
+                    context=context,
+                    execution_id=self.execution_id,
+                )
+                self.script.append(("start", dict(context), None))
+                self.story.append(f"started with context {_short(dict(context))}")
+
+        @rule(event=events, wait=waits, fault=fault)
+        def send(self, event: Event, wait: float, fault: Fault | None) -> None:
+            with self._reporting():
+                self._send(event, wait, fault)
+
+        @invariant()
+        def keeps_its_promises(self) -> None:
+            if not self.execution_id:
+                return
+            with self._reporting():
+                subject, x = self.subject, self.execution_id
+                look = subject._look(x)
+                subject._check(look)
+                pending = [f"{e.seq} {e.record.kind}" for e in look.pending]
+                assert not pending, f"events left undecided after processing: {pending}"
+                if self.reference is not None:
+                    _same(
+                        self._observed(self.reference, self.reference._look(self.reference_id)),
+                        self._observed(subject, look),
+                        "after a fault and its recovery the execution differs from the same "
+                        "events without the fault",
+                    )
+                if checks:
+                    observation = Observation(
+                        harness=subject,
+                        execution_id=x,
+                        state=look.replayed,
+                        ledger=tuple(look.records),
+                        calls=tuple(subject.calls_of(x)),
+                        effects=effects(subject) if effects is not None else None,
+                    )
+                    for check in checks:
+                        name = getattr(check, "__name__", repr(check))
+                        try:
+                            held = check(observation)
+                        except AssertionError as exc:
+                            raise AssertionError(f"invariant {name} does not hold: {exc}") from exc
+                        assert held is not False, f"invariant {name} does not hold"
+
+        def teardown(self) -> None:
+            self.subject.close()
+            if self.reference is not None:
+                self.reference.close()
+
+        # ------------------------------------------------------------------------------------
+
+        def _send(self, event: Event, wait: float, fault: Fault | None) -> None:
+            subject, x = self.subject, self.execution_id
+            if wait:
+                self.script.append(("advance", wait, None))
+                subject.advance(wait)
+                subject.process()
+                if self.reference is not None:
+                    self.reference.advance(wait)
+                    self.reference.process()
+            key = f"send-{len(self.sent) + 1}"
+            if isinstance(fault, WorkerRestart):
+                subject.restart()
+            event_id = subject.send(x, event, key=key, process=False)
+            self.sent.append((event, key, event_id))
+            self.script.append(("send", event, key))
+            what = (f"after {wait} seconds, " if wait else "") + f"sent {_event(event)}"
+            if self.reference is not None:
+                self.reference.send(self.reference_id, event, key=key)
+            if isinstance(fault, Crash | LeaseExpires):
+                subject.arm(fault)
+                try:
+                    subject.process()
+                except SimulatedCrash:
+                    _, where = subject.faults[-1]
+                    subject.recover()
+                    what += f"; {fault} ({where}); a fresh worker recovered"
+                    if self.reference is None:
+                        self._ensure_reference()  # the same events, this one included
+                else:
+                    what += f"; {fault}: not reached"
+                subject.disarm()
+            else:
+                subject.process()
+                if fault is not None:
+                    what += f"; {fault}"
+            self.story.append(f"{what} -> {self._where()}")
+            if isinstance(fault, Redelivery):
+                before = self._observed(subject, subject._look(x))
+                subject.redeliver(x)
+                after = self._observed(subject, subject._look(x))
+                _same(before, after, "a wake-up delivered again changed the execution")
+            elif isinstance(fault, ClientRetry):
+                before = self._observed(subject, subject._look(x))
+                again = subject.send(x, event, key=key)
+                assert again == event_id, (
+                    f"a retried append (key {key}) got event id {again}, not {event_id}"
+                )
+                after = self._observed(subject, subject._look(x))
+                _same(before, after, f"a retried append (key {key}) changed the execution")
+
+        def _where(self) -> str:
+            found = self.subject.execution(self.execution_id)
+            return f"{found.state} ({found.status.value})"
+
+        def _ensure_reference(self) -> None:
+            """The same execution without faults: replay the client's script so far."""
+            if self.reference is not None:
+                return
+            reference = self._harness()
+            self.reference_id = f"{self.execution_id}-r"
+            for kind, value, key in self.script:
+                if kind == "start":
+                    reference.start(
+                        compiled.name,
+                        version=compiled.version,
+                        context=value,
+                        execution_id=self.reference_id,
+                    )
+                elif kind == "send":
+                    reference.send(self.reference_id, value, key=key)
+                else:
+                    reference.advance(value)
+                    reference.process()
+            self.reference = reference
+
+        def _observed(self, harness: Harness, look: _Look) -> dict[str, Any]:
+            """What must not differ: the ledger (times left out), the projection, the recorded
+            action results and the effects, with ids made comparable between harnesses."""
+            names = {look.execution_id: "<execution>", harness.tenant: "<tenant>"}
+            names.update({e.event_id: f"<event {e.seq}>" for e in look.history})
+            projection = look.projection
+            observed: dict[str, Any] = {
+                "ledger": [_plain(r) for r in look.records],
+                "projection": {
+                    "state": projection.state,
+                    "status": projection.status.value,
+                    "context": projection.context,
+                    "seq": projection.seq,
+                },
+                "results": look.results,
+            }
+            if effects is not None:
+                observed["effects"] = effects(harness)
+            return _renamed(observed, names)  # type: ignore[no-any-return]
+
+        @contextlib.contextmanager
+        def _reporting(self) -> Iterator[None]:
+            try:
+                yield
+            except BaseException:
+                note(self._report())
+                raise
+
+        def _report(self) -> str:
+            lines = ["What happened, step by step:"]
+            lines += [f"  {n}. {line}" for n, line in enumerate(self.story, 1)]
+            if self.execution_id:
+                with contextlib.suppress(Exception):
+                    lines += ["", "The ledger:", self.subject.render(self.execution_id)]
+                if self.reference is not None:
+                    with contextlib.suppress(Exception):
+                        lines += [
+                            "",
+                            "The ledger of the same events without faults:",
+                            self.reference.render(self.reference_id),
+                        ]
+            return "\n".join(lines)
+
+    WorkflowMachine.__name__ = WorkflowMachine.__qualname__ = f"{_identifier(compiled.name)}Machine"
+    return WorkflowMachine
+
+
+def _identifier(name: str) -> str:
+    kept = "".join(c if c.isalnum() else "_" for c in name)
+    return kept if kept[:1].isalpha() else f"W{kept}"
+
+
+def _event(event: Event) -> str:
+    by = f" by {event.role}" if event.role is not None else ""
+    return f"{event.name}{by} {_short(dict(event.payload))}"
+
+
+def _short(value: JSON) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=repr)
+
+
+def _plain(record: Record) -> dict[str, Any]:
+    data = attrs.asdict(record, recurse=True)
+    data["kind"] = record.kind
+    for timing in ("started_at", "duration"):
+        data.pop(timing, None)
+    return data
+
+
+def _renamed(value: Any, names: Mapping[str, str]) -> Any:
+    """``value`` with every id in ``names`` replaced by its placeholder, wherever it occurs
+    (as a whole string, inside one, or as a key)."""
+    if isinstance(value, str):
+        for old, new in names.items():
+            if old and old in value:
+                value = value.replace(old, new)
+        return value
+    if isinstance(value, Mapping):
+        return {_renamed(k, names): _renamed(v, names) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_renamed(v, names) for v in value]
+    return value
+
+
+def _same(expected: Mapping[str, Any], found: Mapping[str, Any], what: str) -> None:
+    differing: Sequence[str] = [k for k in expected if expected[k] != found.get(k)]
+    if not differing:
+        return
+    details = []
+    for part in differing:
+        details.append(f"  {part}: expected {_short(expected[part])}")
+        details.append(f"  {' ' * len(part)}  found    {_short(found.get(part))}")
+    raise AssertionError(f"{what} ({', '.join(differing)} differ):\n" + "\n".join(details))
