@@ -92,10 +92,14 @@ _PARAMETERS: dict[str, _Parameter] = {
         parse=_seconds, ok=lambda s: s >= 0, must_be="a number of seconds, 0 or more"
     ),
     "socket_timeout": _Parameter(
-        parse=_seconds, ok=lambda s: 0 < s <= 3600, must_be="a number of seconds, more than 0"
+        parse=_seconds,
+        ok=lambda s: 0 < s <= 3600,
+        must_be="a number of seconds, more than 0 and at most 3600",
     ),
     "socket_connect_timeout": _Parameter(
-        parse=_seconds, ok=lambda s: 0 < s <= 3600, must_be="a number of seconds, more than 0"
+        parse=_seconds,
+        ok=lambda s: 0 < s <= 3600,
+        must_be="a number of seconds, more than 0 and at most 3600",
     ),
     "retries": _Parameter(
         parse=_whole, ok=lambda n: n <= 20, must_be="a whole number from 0 to 20"
@@ -230,9 +234,7 @@ class RedisSettings:
         try:
             parse_url(connection_url)  # type: ignore[no-untyped-call]  # redis-py's checks
         except ValueError as exc:
-            problems.append(str(exc))
-        if problems:
-            raise RedisURLError(shown, problems)
+            raise RedisURLError(shown, [str(exc)]) from None
         return cls(**ours, connection_url=connection_url)
 
 
