@@ -170,15 +170,16 @@ class Engine:
             else self.plugins.store_for(store, clock=clock, snapshot_every=snapshot_every)
         )
         self.registry = registry if registry is not None else ActionRegistry()
-        self.notifiers: dict[str, Notifier] = self.plugins.notifiers()
-        self.plugins.register_expression_functions()
-        self.plugins.register_actions(self.registry, self)
-        self.runner: StepRunner = runner or GraphRunner(
-            self.store, self.registry, clock=clock, plugins=self.plugins
-        )
         self.clock = clock
         self._definitions: dict[tuple[str, int], Definition] = {}
         self._lock = threading.Lock()
+        self.runner: StepRunner = runner or GraphRunner(
+            self.store, self.registry, clock=clock, plugins=self.plugins
+        )
+        # every attribute is set before any plugin sees the engine
+        self.notifiers: dict[str, Notifier] = self.plugins.notifiers()
+        self.plugins.register_expression_functions()
+        self.plugins.register_actions(self.registry, self)
 
     @property
     def transport(self) -> Transport:
@@ -204,7 +205,13 @@ class Engine:
         notifiers and actions in this engine now; returns its name."""
         name = self.plugins.register(plugin, name, source=source)
         if self.plugins.manager.has_plugin(name):
-            self.notifiers.update(self.plugins.notifiers(only=name))
+            for notifier, value in self.plugins.notifiers(only=name).items():
+                if notifier in self.notifiers:
+                    self.plugins.report(
+                        name, f"notifiers {notifier!r} is already registered; left out"
+                    )
+                    continue
+                self.notifiers[notifier] = value
             self.plugins.register_expression_functions(only=name)
             self.plugins.register_actions(self.registry, self, only=name)
         return name
@@ -361,6 +368,8 @@ class Engine:
             if not isinstance(key, str) or not key:
                 raise InvalidInputError("key must be a non-empty string")
             _require_name(key, "key")
+            if key.startswith("ledgerflow."):
+                raise InvalidInputError("keys starting with 'ledgerflow.' are ledgerflow's own")
         _require_json(payload, "payload")
         with self.store.read() as conn:
             row = self.store.execution_row(conn, execution_id, tenant)
@@ -706,6 +715,24 @@ class Engine:
                     tenant=tenant,
                     reason=record.reason,
                 )
+            elif isinstance(record, TransitionReverted):
+                hook(
+                    "ledgerflow_transition_reverted",
+                    execution_id=execution_id,
+                    tenant=tenant,
+                    event_id=events.get(record.event_seq, ("", ""))[0],
+                    transition=record.transition,
+                    source=record.source,
+                    target=record.target,
+                )
+            elif isinstance(record, ExecutionResumed):
+                hook(
+                    "ledgerflow_execution_resumed",
+                    execution_id=execution_id,
+                    tenant=tenant,
+                    retried_event_id=events.get(record.retried_seq, ("", ""))[0],
+                    requested_by=record.requested_by,
+                )
         for seq, status, outcome, detail in plan.outcomes:
             event_id, name = events.get(seq, ("", ""))
             hook(
@@ -812,7 +839,9 @@ class Engine:
                     )
                 ]
 
-            return _Plan(not_failed, [(event.seq, "rejected", RejectReason.NOT_FAILED, detail)])
+            return _Plan(
+                not_failed, [(event.seq, "rejected", RejectReason.NOT_FAILED.value, detail)]
+            )
         with self.store.read() as conn:
             ledger = self.store.records(conn, execution_id, tenant)
         failed = next(s.record for s in reversed(ledger) if isinstance(s.record, ExecutionFailed))
@@ -834,8 +863,19 @@ class Engine:
         job = self._job(
             execution_id, tenant, lease, original.event_id, compiled.steps, original.record, before
         )
-        if failed.compensating:
-            result = self.runner.compensate(job, succeeded, results, failed.reason)
+        # what failed first: the failure that started the compensation, if there was one
+        cause = next(
+            (
+                f"step {r.step_id!r} failed: {r.error}"
+                for r in mine
+                if isinstance(r, StepFailed) and not r.error.startswith("compensation:")
+            ),
+            failed.reason,
+        )
+        # a ledger written before compensating failures were marked shows them by their
+        # step_compensated records: those steps are undone, not done
+        if failed.compensating or undone:
+            result = self.runner.compensate(job, succeeded, results, cause)
             fresh = [
                 o
                 for o in result.outcomes
@@ -872,7 +912,7 @@ class Engine:
                 (n, status, outcome, detail),
                 (
                     event.seq,
-                    "failed" if status == "failed" else "processed",
+                    "failed" if outcome == "failed" else "processed",
                     "retried",
                     f"event {n}: {outcome}" + (f" ({detail})" if detail else ""),
                 ),

@@ -252,6 +252,8 @@ class GraphRunner:
             error = state.outcome.exception() if state.outcome else None
             if error is None or not _worth_retrying(error):
                 return False
+            if not retrying or state.attempt_number >= step.on_error.attempts:
+                return False  # tenacity asks before it applies stop: no policy is asked then
             decision = self.plugins.decide(
                 "ledgerflow_retry_policy",
                 action=step.action,
@@ -392,9 +394,13 @@ class GraphRunner:
                     )
                     if not found:
                         continue  # no plugin knows how to undo it: left as it is
+                    # a plugin undid it: observers see it start and end like any other
+                    self.plugins.notify("ledgerflow_step_started", step=info)
             except _NOT_THE_ACTIONS:
                 raise
             except Exception as exc:
+                if isinstance(exc, CircuitOpenError) and exc.when_open == "delay":
+                    raise  # the event is held back until the circuit admits a trial
                 problems.append(f"compensating step {step.id!r} failed: {_describe(exc)}")
                 outcomes.append(
                     StepOutcome(
@@ -482,8 +488,8 @@ class GraphRunner:
             self.breakers.admit(action.name, action.breaker)
         try:
             result = self._call_action(job, step, action, validated, key, attempt)
-        except _NOT_THE_ACTIONS:
-            raise
+        except (*_NOT_THE_ACTIONS, *_PERMANENT):
+            raise  # the engine's trouble, or one trying again cannot mend: not the dependency's
         except Exception as exc:
             self.breakers.failure(action.name, action.breaker, _describe(exc))
             raise

@@ -185,6 +185,22 @@ def ledgerflow_transition_applied(
 
 
 @hookspec
+def ledgerflow_transition_reverted(
+    execution_id: str, tenant: str, event_id: str, transition: str, source: str, target: str
+) -> None:
+    """A transition was undone after its completed steps were compensated (committed): the
+    execution is back in ``target``, the state the transition had left."""
+
+
+@hookspec
+def ledgerflow_execution_resumed(
+    execution_id: str, tenant: str, retried_event_id: str, requested_by: str | None
+) -> None:
+    """A retry resumed a failed execution (committed); the outcome follows as
+    ``ledgerflow_event_processed`` of the retried event."""
+
+
+@hookspec
 def ledgerflow_step_started(step: StepInfo) -> None:
     """A step (or a compensation) is about to run its first attempt."""
 
@@ -265,6 +281,9 @@ def ledgerflow_circuit_breaker(
 
 @hookspec(firstresult=True)
 def ledgerflow_run_step(step: StepInfo, params: Any, call: Callable[[], JSON]) -> JSON:
-    """Run one attempt of a step: ledgerflow's own implementation returns ``call()``. Wrap it
-    (``@hookimpl(wrapper=True)``, ``result = yield``) to time or trace every step; a wrapper
-    must return the result it was given, or raise to fail the attempt."""
+    """Run one attempt of a step: ledgerflow's own implementation returns ``call()``. Plugins
+    may only wrap it (``@hookimpl(wrapper=True)``, ``result = yield``), to time or trace every
+    step; a plain implementation is refused, as it could run the action a second time. A
+    wrapper must return the result it was given, or raise to fail the attempt. For a database
+    action the wrapper runs inside the action's transaction: it must not write to ledgerflow's
+    database itself (on SQLite it would wait for that very transaction)."""

@@ -152,6 +152,15 @@ class Plugins:
         except pluggy.PluginValidationError as exc:
             self.manager.unregister(name=name)
             raise PluginError(f"plugin {name}: {exc}") from exc
+        runners = self.manager.hook.ledgerflow_run_step.get_hookimpls()
+        if origin.source != "builtin" and any(
+            i.plugin_name == name and not (i.wrapper or i.hookwrapper) for i in runners
+        ):
+            self.manager.unregister(name=name)
+            raise PluginError(
+                f"plugin {name}: ledgerflow_run_step must be a wrapper "
+                "(@hookimpl(wrapper=True)); a plain implementation could run the action twice"
+            )
         self._origins[name] = origin
         return name
 
@@ -178,10 +187,17 @@ class Plugins:
                 self._failed(entry.name, origin, f"cannot be loaded: {_describe(exc)}")
 
     def _failed(self, name: str, origin: _Origin, problem: str) -> None:
-        log.error("plugin %s (%s): %s", name, origin.distribution or origin.source, problem)
         with self._lock:
             self._origins.setdefault(name, origin)
-            self._errors.setdefault(name, []).append(problem)
+            problems = self._errors.setdefault(name, [])
+            if problem in problems:
+                return  # reported once
+            problems.append(problem)
+        log.error("plugin %s (%s): %s", name, origin.distribution or origin.source, problem)
+
+    def report(self, plugin: str, problem: str) -> None:
+        """Record ``problem`` against ``plugin`` (logged once, listed by :meth:`describe`)."""
+        self._failed(plugin, self._origin(plugin), problem)
 
     # ----------------------------------------------------------------------------------------
     # Registration hooks
@@ -313,7 +329,7 @@ class Plugins:
             for name in staged:
                 action = staged.get(name)
                 if name in registry:
-                    if registry.get(name) is not action:
+                    if not _same_action(registry.get(name), action):
                         self._failed(
                             plugin,
                             self._origin(plugin),
@@ -413,6 +429,24 @@ class Plugins:
                     )
                 )
         return infos
+
+
+def _same_action(registered: Any, staged: Any) -> bool:
+    """Whether ``staged`` is the action already registered under its name, as a registry
+    shared by several engines gets it from the same plugin again: same kind, schema and
+    function (by its qualified name: closures are new objects on each registration)."""
+    if registered is staged:
+        return True
+
+    def origin(fn: Any) -> tuple[str, str]:
+        return getattr(fn, "__module__", ""), getattr(fn, "__qualname__", repr(fn))
+
+    return bool(
+        registered.kind == staged.kind
+        and registered.description == staged.description
+        and registered.json_schema() == staged.json_schema()
+        and origin(registered.fn) == origin(staged.fn)
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -123,10 +123,9 @@ class Worker:
             return list(self._failures)
 
     def stop(self) -> None:
-        """Ask every thread to finish the event in hand and return."""
-        if not self._stopping.is_set():
-            self._stopping.set()
-            self.engine.plugins.notify("ledgerflow_worker_stopping", worker_id=self.id)
+        """Ask every thread to finish the event in hand and return. Safe in a signal handler:
+        it only sets flags (plugins hear of it from the thread running :meth:`run`)."""
+        self._stopping.set()
         self._wake.set()
 
     @property
@@ -170,12 +169,18 @@ class Worker:
         self.engine.plugins.notify(
             "ledgerflow_worker_started", worker_id=self.id, concurrency=self.concurrency
         )
+        told = False
         try:
             for thread in threads:
                 while thread.is_alive():
                     thread.join(timeout=0.5)
+                    if self._stopping.is_set() and not told:
+                        told = True
+                        self.engine.plugins.notify("ledgerflow_worker_stopping", worker_id=self.id)
         finally:
             self.stop()
+            if not told:
+                self.engine.plugins.notify("ledgerflow_worker_stopping", worker_id=self.id)
             self.transport.close()
             # leases are renewed until the last event in hand is committed
             self._finished.set()

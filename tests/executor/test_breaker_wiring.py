@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from ledgerflow import definitions
-from ledgerflow.breakers import BreakerPolicy
+from ledgerflow.breakers import BreakerPolicy, CircuitBreakers
 from ledgerflow.engine import Engine
+from ledgerflow.errors import InvalidParametersError
 from ledgerflow.model import StepFailed
 from ledgerflow.registry import ActionContext, ActionRegistry
 from ledgerflow.worker import Worker
@@ -139,3 +140,82 @@ def test_a_delaying_circuit_holds_the_event_back_until_a_trial_succeeds(
     assert (info.status, info.outcome) == ("processed", "applied")
     assert remote.calls == 3
     assert [h.kind for h in delaying.history(execution_id, tenant=TENANT)].count("step_failed") == 1
+
+
+def test_failures_that_trying_again_cannot_mend_do_not_count(db_url: str) -> None:
+    calls: list[str] = []
+
+    def picky(params: dict[str, Any], context: ActionContext) -> str:
+        calls.append("picky")
+        raise InvalidParametersError("t.remote", ["currency: 'XXX' is not supported"])
+
+    registry = ActionRegistry()
+    registry.register_simple_action(
+        "t.remote", "Refuses.", [], picky, breaker=BreakerPolicy(failures=1, reset_after=60)
+    )
+    engine = Engine(db_url, registry=registry)
+    try:
+        engine.register(definitions.compile_workflow(definitions.parse(WORKFLOW)))
+        execution_id = engine.create_execution("Calls", tenant=TENANT)
+        for _ in range(2):
+            engine.enqueue_event(execution_id, "Call", tenant=TENANT)
+        Worker(engine, poll_interval=0.01).run_once()
+        assert calls == ["picky", "picky"]  # the circuit never opened
+        assert engine.runner.breakers.state("t.remote").state == "closed"  # type: ignore[attr-defined]
+    finally:
+        engine.close()
+
+
+def test_a_compensation_behind_a_delaying_circuit_holds_the_event_back(db_url: str) -> None:
+    undo = Remote()
+    registry = ActionRegistry()
+    registry.register_simple_action(
+        "t.undo",
+        "Undoes.",
+        [],
+        undo,
+        breaker=BreakerPolicy(failures=1, reset_after=60, when_open="delay"),
+    )
+    registry.register_simple_action("t.ok", "Works.", [], lambda p, c: "ok")
+
+    def down(params: dict[str, Any], context: ActionContext) -> str:
+        raise ConnectionError("payments down")
+
+    registry.register_simple_action("t.down", "Fails.", [], down)
+    workflow: dict[str, Any] = {
+        "name": "Undo",
+        "version": 1,
+        "initial_state": "a",
+        "states": ["a", "b"],
+        "terminal_states": ["b"],
+        "transitions": [
+            {
+                "from": "a",
+                "to": "b",
+                "on": "Go",
+                "steps": [
+                    {"id": "one", "action": "t.ok", "compensate": {"action": "t.undo"}},
+                    {
+                        "id": "two",
+                        "action": "t.down",
+                        "depends_on": ["one"],
+                        "on_error": {"strategy": "compensate"},
+                    },
+                ],
+            }
+        ],
+    }
+    engine = Engine(db_url, registry=registry)
+    try:
+        engine.register(definitions.compile_workflow(definitions.parse(workflow)))
+        CircuitBreakers(engine.store).failure("t.undo", BreakerPolicy(failures=1), "down")
+        execution_id = engine.create_execution("Undo", tenant=TENANT)
+        event = engine.enqueue_event(execution_id, "Go", tenant=TENANT)
+        worker = Worker(engine, poll_interval=0.01)
+        worker.run_once()
+        assert undo.calls == 0
+        assert engine.event_status(event, tenant=TENANT).status == "pending"
+        assert engine.get_execution(execution_id, tenant=TENANT).status.value == "active"
+        assert worker.failing == [execution_id]
+    finally:
+        engine.close()

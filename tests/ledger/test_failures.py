@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -142,3 +143,45 @@ def test_inputs_the_database_cannot_hold_are_refused(engine: Engine) -> None:
     with pytest.raises(ledgerflow.InvalidInputError, match="cannot be used"):
         engine.create_execution("InvoiceApproval", tenant="globex", execution_id=execution_id)
     assert engine.store.row_counts() == before
+
+
+def test_a_claim_never_deadlocks_with_a_late_worker_committing(pg_url: str) -> None:
+    """A worker whose lease looks expired commits (lease, then outbox) while another claims
+    the execution (outbox, then lease): the claim passes the busy lease over."""
+    clock = [1000.0]
+    engine = Engine(pg_url, clock=lambda: clock[0])
+    try:
+        counting_app.setup(engine)
+        execution_id = engine.create_execution("Counting", tenant=TENANT)
+        engine.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": 1})
+        store = engine.store
+        token = store.take_lease(execution_id, "late", 5.0)
+        assert token is not None
+        clock[0] += 10  # the lease looks expired to everyone
+        outcome: dict[str, object] = {}
+
+        def late_commit() -> None:
+            try:
+                with store.write() as conn:
+                    store.fence(conn, execution_id, "late", token, 5.0)
+                    time.sleep(0.5)  # the claim runs meanwhile
+                    store.mark_handled(conn, execution_id)
+                outcome["late"] = "committed"
+            except Exception as exc:
+                outcome["late"] = repr(exc)
+
+        def claim() -> None:
+            time.sleep(0.2)
+            try:
+                outcome["claim"] = store.claim("other", 5.0)
+            except Exception as exc:
+                outcome["claim"] = repr(exc)
+
+        threads = [threading.Thread(target=late_commit), threading.Thread(target=claim)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert outcome == {"late": "committed", "claim": None}
+    finally:
+        engine.close()

@@ -355,6 +355,11 @@ def test_a_failed_compensation_fails_the_execution_and_a_retry_finishes_the_undo
     assert isinstance(tail[2], TransitionReverted)
     info = shipping.event_status(event, tenant=TENANT)
     assert (info.status, info.outcome) == ("failed", "compensated")
+    assert info.detail == "step 'charge' failed: RuntimeError: charge is down"  # the cause
+    retry_info = [
+        h for h in shipping.history(execution_id, tenant=TENANT) if h.kind == "event_received"
+    ][-1]
+    assert (retry_info.status, retry_info.outcome) == ("processed", "retried")
     assert_replays(shipping, execution_id)
 
 
@@ -394,4 +399,6 @@ def test_retry_refuses_what_it_cannot_resume(shipping: Engine, behaviour: Behavi
         shipping.retry(execution_id, tenant="")
     with pytest.raises(InvalidInputError, match="requested_by"):
         shipping.retry(execution_id, tenant=TENANT, requested_by=7)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="ledgerflow's own"):
+        shipping.enqueue_event(execution_id, "Pack", tenant=TENANT, key="ledgerflow.retry:1")
     assert shipping.get_execution(execution_id, tenant=TENANT).status.value == "failed"

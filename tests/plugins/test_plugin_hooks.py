@@ -573,3 +573,108 @@ def test_a_misspelt_hook_is_an_error_naming_the_plugin() -> None:
         manager.register(Typo(), "typo")
     assert "typo" not in {p.name for p in manager.describe()}
     manager.register(Recorder(), "after-the-typo")  # the manager is still usable
+
+
+def test_a_plain_run_step_implementation_is_refused() -> None:
+    class Plain:
+        @hookimpl
+        def ledgerflow_run_step(self, call: Any) -> JSON:
+            return call()  # returns None for an action whose result is None: run twice
+
+    manager = Plugins(entry_points=False)
+    with pytest.raises(PluginError, match="ledgerflow_run_step must be a wrapper"):
+        manager.register(Plain(), "plain")
+
+
+def test_the_retry_policy_is_asked_only_within_a_retry_steps_attempts(
+    db_url: str, shop: Shop
+) -> None:
+    policy = Policy()
+    engine = engine_with(db_url, shop, policy)
+    try:
+        execution_id = opened(engine)
+        shop.failures = [ConnectionError("a"), ConnectionError("b"), ConnectionError("c")]
+        engine.enqueue_event(execution_id, "Poke", tenant=TENANT)  # retry, attempts 3
+        drain(engine)
+        assert policy.asked == [
+            ("t.flaky", "ConnectionError", 1),
+            ("t.flaky", "ConnectionError", 2),
+        ]
+        shop.failures = [ConnectionError("d")]
+        engine.enqueue_event(execution_id, "Close", tenant=TENANT)  # compensate: never retried
+        drain(engine)
+        assert len(policy.asked) == 2
+    finally:
+        engine.close()
+
+
+class LogSquatter:
+    @hookimpl
+    def ledgerflow_register_notifiers(self, notifiers: dict[str, Any]) -> None:
+        notifiers["log"] = Memo()
+
+
+def test_a_late_plugin_cannot_take_a_notifier_name_and_is_told(tmp_path: Path) -> None:
+    engine = Engine(f"sqlite:///{tmp_path}/n.db", plugins=Plugins(entry_points=False))
+    try:
+        engine.add_plugin(LogSquatter(), "squatter", source="app")
+        assert type(engine.notifiers["log"]).__name__ == "LogNotifier"
+        errors = {p.name: p.errors for p in engine.plugins.describe()}
+        assert errors["squatter"] == ("notifiers 'log' is already registered; left out",)
+    finally:
+        engine.close()
+
+
+def test_engines_sharing_a_registry_get_each_plugins_actions_once(
+    tmp_path: Path, shop: Shop
+) -> None:
+    registry = ActionRegistry()
+    first = engine_with_registry(f"sqlite:///{tmp_path}/a.db", registry, shop)
+    second = engine_with_registry(f"sqlite:///{tmp_path}/b.db", registry, shop)
+    try:
+        for engine in (first, second):
+            assert all(not p.errors for p in engine.plugins.describe())
+        assert "t.ok" in registry
+    finally:
+        first.close()
+        second.close()
+
+
+def engine_with_registry(url: str, registry: ActionRegistry, *plugins: object) -> Engine:
+    manager = Plugins(entry_points=False, disabled=())
+    for plugin in plugins:
+        manager.register(plugin, type(plugin).__name__)
+    return Engine(url, registry=registry, plugins=manager)
+
+
+class Reversals:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, ...]] = []
+
+    @hookimpl
+    def ledgerflow_transition_reverted(self, source: str, target: str) -> None:
+        self.seen.append(("reverted", source, target))
+
+    @hookimpl
+    def ledgerflow_execution_resumed(self, requested_by: str | None) -> None:
+        self.seen.append(("resumed", str(requested_by)))
+
+
+def test_reversals_and_resumptions_are_told(db_url: str, shop: Shop) -> None:
+    reversals = Reversals()
+    engine = engine_with(db_url, shop, Undo(), Policy(), reversals)
+    try:
+        execution_id = opened(engine)
+        shop.failures = [ValueError("declined")]
+        engine.enqueue_event(execution_id, "Close", tenant=TENANT)
+        drain(engine)
+        second = opened(engine)
+        shop.failures = [ConnectionError("x")] * 3  # retried at once by the policy, then failed
+        engine.enqueue_event(second, "Poke", tenant=TENANT)
+        drain(engine)
+        shop.failures = []
+        engine.retry(second, tenant=TENANT, requested_by="ops")
+        drain(engine)
+        assert reversals.seen == [("reverted", "closed", "open"), ("resumed", "ops")]
+    finally:
+        engine.close()

@@ -506,7 +506,7 @@ class SQLStore:
                 if row.execution_id in seen:
                     continue
                 seen.add(row.execution_id)
-                token = self._take_lease(conn, row.execution_id, owner, ttl, now)
+                token = self._take_lease(conn, row.execution_id, owner, ttl, now, skip_locked=True)
                 if token is not None:
                     return row.execution_id, row.tenant, token
         return None
@@ -573,12 +573,31 @@ class SQLStore:
             return None  # another worker inserted the lease first
 
     def _take_lease(
-        self, conn: Connection, execution_id: str, owner: str, ttl: float, now: float
+        self,
+        conn: Connection,
+        execution_id: str,
+        owner: str,
+        ttl: float,
+        now: float,
+        *,
+        skip_locked: bool = False,
     ) -> int | None:
+        """Take the lease in ``conn``'s transaction. With ``skip_locked`` (a claim, which
+        already holds outbox rows) a lease row another transaction has locked counts as busy
+        instead of being waited for: waiting could deadlock with a commit that holds the
+        lease and waits for those outbox rows. Without it the call waits, so a worker handed
+        a wake-up sees the lease either still held or given up (see
+        :meth:`release_lease_if_idle`)."""
         query = sa.select(leases).where(leases.c.execution_id == execution_id)
         if self.dialect == "postgresql":
-            query = query.with_for_update()
+            query = query.with_for_update(skip_locked=skip_locked)
         row = conn.execute(query).first()
+        if row is None and skip_locked and self.dialect == "postgresql":
+            exists = conn.execute(
+                sa.select(leases.c.execution_id).where(leases.c.execution_id == execution_id)
+            ).first()
+            if exists is not None:
+                return None  # locked by someone else: busy
         if row is None:
             try:
                 with conn.begin_nested():
