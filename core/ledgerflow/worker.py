@@ -28,6 +28,7 @@ from ledgerflow.errors import (
     LeaseLostError,
     LedgerflowError,
     StoreUnavailableError,
+    first_line,
 )
 from ledgerflow.transports import BrokerTransport, Delivery, Wakeup
 
@@ -103,6 +104,8 @@ class Worker:
         self.stats = WorkerStats()
         self._started_at = time.time()
         self._last_error: dict[str, str] = {}
+        self._broker_failures = 0
+        self._broker_retry_at = 0.0
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._wake = threading.Event()
@@ -266,10 +269,21 @@ class Worker:
         with self._lock:
             self._busy += 1  # counted busy before claiming, so no thread sees a false idle
         try:
-            if self.broker is not None:
-                if self._receive():
-                    return True
-                claimed = None
+            claimed = None
+            if self.broker is not None and time.monotonic() >= self._broker_retry_at:
+                try:
+                    received = self._receive()
+                except (StoreUnavailableError, sa.exc.SQLAlchemyError):
+                    raise
+                except Exception as exc:
+                    self._broker_down(exc)
+                    # meanwhile, work comes from the outbox, as with the database transport
+                    claimed = self.store.claim(self.id, self.lease_ttl)
+                else:
+                    with self._lock:
+                        self._broker_failures = 0
+                    if received:
+                        return True
             else:
                 claimed = self.store.claim(self.id, self.lease_ttl)
             if claimed is None and time.monotonic() - self._last_sweep >= self.sweep_interval:
@@ -284,6 +298,20 @@ class Worker:
         finally:
             with self._lock:
                 self._busy -= 1
+
+    def _broker_down(self, exc: Exception) -> None:
+        """The broker failed: try it again after a growing pause (0.5 s, 1 s, … 30 s)."""
+        with self._lock:
+            self._broker_failures += 1
+            wait = min(0.5 * 2 ** (self._broker_failures - 1), 30.0)
+            self._broker_retry_at = time.monotonic() + wait
+        log.warning(
+            "worker %s: the broker failed; claiming from the outbox meanwhile, next try in "
+            "%.1fs: %s",
+            self.id,
+            wait,
+            first_line(exc),
+        )
 
     def _receive(self) -> bool:
         """Act on the broker's next wake-up, if one comes within the poll interval; ``True``

@@ -170,6 +170,11 @@ class RedisTransport:
     def listen(self, wake: Callable[[], None], stopping: threading.Event) -> None:
         """Nothing to listen to: :meth:`receive` blocks until work arrives."""
 
+    def ping(self) -> None:
+        """Raise :class:`RedisUnavailableError` unless Redis answers (``ledgerflow health``)."""
+        with self._talking("checking that Redis answers"):
+            self.redis.ping()
+
     # ----------------------------------------------------------------------------------------
     # Consuming
     # ----------------------------------------------------------------------------------------
