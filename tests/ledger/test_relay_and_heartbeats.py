@@ -201,3 +201,31 @@ def test_health_says_whether_the_store_answers_with_the_current_schema(tmp_path:
     assert cli(db, "db", "upgrade").returncode == 0
     fine = cli(db, "health")
     assert (fine.returncode, fine.stdout) == (0, "store: ok\nbroker: ok\n")
+
+
+def test_health_says_whether_redis_answers(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path}/health.db"
+    assert cli(db, "db", "upgrade").returncode == 0
+    env_plugins = {**os.environ, "LEDGERFLOW_DISABLE_PLUGINS": "notify,billing"}
+    down = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ledgerflow",
+            "--db",
+            db,
+            "--broker",
+            "redis://127.0.0.1:1/0",
+            "health",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env_plugins,
+    )
+    assert down.returncode == 1
+    report = json.loads(down.stdout)
+    assert report["store"] == "ok"
+    assert "RedisUnavailableError" in report["broker"]
