@@ -321,6 +321,14 @@ def _memory_store(url: str, clock: Clock, snapshot_every: int) -> SQLStore:
     return store
 
 
+def _copy(store: SQLStore, *, into: sqlite3.Connection) -> None:
+    source = store.engine.raw_connection()
+    try:
+        source.driver_connection.backup(into)  # type: ignore[union-attr]
+    finally:
+        source.close()
+
+
 def _is_memory(url: str) -> bool:
     return url in _MEMORY_URLS or "mode=memory" in url
 
@@ -408,6 +416,10 @@ class Harness:
             self.store = SQLStore(url, clock=self.clock, snapshot_every=snapshot_every)
             self.store.upgrade()
         self.engine = self._build_engine()
+        self._pristine: sqlite3.Connection | None = None
+        if self.store.in_memory:
+            self._pristine = sqlite3.connect(":memory:", check_same_thread=False)
+            _copy(self.store, into=self._pristine)
 
     # ----------------------------------------------------------------------------------------
     # Life cycle
@@ -449,10 +461,31 @@ class Harness:
         self.engine = self._build_engine(register=False)
         return self.engine
 
+    def reset(self) -> None:
+        """Put an in-memory store back as it was when the harness was built (schema,
+        ``setup``'s tables, definitions, nothing else) and forget every call, fault and
+        execution; the engine stays. Cheaper than a new harness; only for ``sqlite://``."""
+        if self._pristine is None:
+            raise ValueError("only a harness on an in-memory store (sqlite://) can be reset")
+        self.disarm()
+        self._successor = None
+        self._taken_over = False
+        self.calls.clear()
+        self.faults.clear()
+        self.executions.clear()
+        target = self.store.engine.raw_connection()
+        try:
+            self._pristine.backup(target.driver_connection)  # type: ignore[arg-type]
+        finally:
+            target.close()
+
     def close(self) -> None:
         """Release the engine's threads and the store's connections (an in-memory store is
         gone after this)."""
         self.engine.close()
+        if self._pristine is not None:
+            self._pristine.close()
+            self._pristine = None
 
     def __enter__(self) -> Harness:
         return self

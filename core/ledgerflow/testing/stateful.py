@@ -30,7 +30,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, ClassVar, Generic, TypeAlias, TypeVar
 
 import attrs
 import hypothesis
@@ -116,19 +116,22 @@ def check_workflow(
     faults: bool = True,
     url: str = "sqlite://",
     plugins: Plugins | None = None,
-    max_examples: int = 200,
-    steps: int = 6,
+    max_examples: int | None = None,
+    steps: int = 5,
     settings: hypothesis.settings | None = None,
 ) -> None:
     """Property-test ``definition``: run :func:`workflow_machine`'s state machine for
-    ``max_examples`` examples of up to ``steps`` rules each; return quietly, or raise the
-    first failure, shrunk, with the failing rules and the execution's ledger attached (pytest
-    prints them).
+    ``max_examples`` examples (by default, the current hypothesis profile's: 100 unless your
+    profile says otherwise) of up to ``steps`` rules each (the start, then events); return
+    quietly, or raise the first failure, shrunk, with the failing rules and the execution's
+    ledger attached (pytest prints them).
 
     ``actions`` and ``setup`` give the engine what the workflow's steps call (as for
     :class:`~ledgerflow.testing.Harness`); ``invariants`` are the workflow's own promises (see
     :data:`Invariant`); ``effects(harness)`` returns the effects to compare after a fault (the
-    rows of the app's tables, say: JSON values). ``payloads`` replaces the strategy of an
+    rows of the app's tables, say: JSON values; an in-memory store is emptied between examples,
+    but effects kept outside it should be told apart by ``harness.executions``).
+    ``payloads`` replaces the strategy of an
     event's payload; ``context`` is the initial context, or a strategy for it. ``faults=False``
     leaves out crashes and lost leases. ``url`` is the store of every example (a fresh
     in-memory SQLite database each by default; any other URL is shared by the examples, each
@@ -148,7 +151,9 @@ def check_workflow(
         plugins=plugins,
     )
     chosen = settings or hypothesis.settings(
-        max_examples=max_examples,
+        max_examples=max_examples
+        if max_examples is not None
+        else hypothesis.settings().max_examples,
         stateful_step_count=steps,
         deadline=None,
         report_multiple_bugs=False,
@@ -157,7 +162,10 @@ def check_workflow(
         # and the ledger already says what went wrong
         phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
     )
-    run_state_machine_as_test(machine, settings=chosen)
+    try:
+        run_state_machine_as_test(machine, settings=chosen)
+    finally:
+        machine.close_idle()  # type: ignore[attr-defined]
 
 
 def workflow_machine(
@@ -220,7 +228,17 @@ def workflow_machine(
             self.sent: list[tuple[Event, str, str]] = []
             self.state_name = compiled.workflow.initial_state
 
+        idle: ClassVar[list[Harness]] = []
+
+        @classmethod
+        def close_idle(cls) -> None:
+            """Close the harnesses kept for the next examples."""
+            while cls.idle:
+                cls.idle.pop().close()
+
         def _harness(self) -> Harness:
+            if self.idle:
+                return self.idle.pop()
             return Harness(
                 compiled,
                 url=url,
@@ -288,9 +306,16 @@ def workflow_machine(
                         assert held is not False, f"invariant {name} does not hold"
 
         def teardown(self) -> None:
-            self.subject.close()
-            if self.reference is not None:
-                self.reference.close()
+            # an in-memory harness is emptied and kept for the next example: building one
+            # costs more than most examples' events
+            for harness in (self.subject, self.reference):
+                if harness is None:
+                    continue
+                if harness.store.in_memory and len(self.idle) < 4:
+                    harness.reset()
+                    self.idle.append(harness)
+                else:
+                    harness.close()
 
         # ------------------------------------------------------------------------------------
 
