@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from ledgerflow import store
 from ledgerflow.breakers import BreakerPolicy, BreakerState, CircuitBreakers
 from ledgerflow.definitions import Definition, compile_workflow, load, loads, validate
-from ledgerflow.engine import Engine, EventInfo, Execution, HistoryEntry
+from ledgerflow.engine import Engine, EventInfo, Execution, HistoryEntry, Timer
 from ledgerflow.errors import (
     ActionRegistrationError,
     CircuitOpenError,
@@ -136,6 +136,7 @@ __all__ = [
     "StepInfo",
     "StepSucceeded",
     "StoreUnavailableError",
+    "Timer",
     "Transition",
     "TransitionApplied",
     "TransitionReverted",

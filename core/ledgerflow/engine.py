@@ -65,7 +65,16 @@ from ledgerflow.registry import ActionRegistry
 from ledgerflow.store.sql import SQLStore, StoredRecord
 from ledgerflow.transports import Transport, Wakeup
 
-__all__ = ["DEFAULT_DB", "RETRY_EVENT", "Engine", "EventInfo", "Execution", "HistoryEntry", "Lease"]
+__all__ = [
+    "DEFAULT_DB",
+    "RETRY_EVENT",
+    "Engine",
+    "EventInfo",
+    "Execution",
+    "HistoryEntry",
+    "Lease",
+    "Timer",
+]
 
 DEFAULT_DB = "sqlite:///ledgerflow.db"
 """The store used when none is given: an SQLite file in the working directory."""
@@ -132,6 +141,42 @@ class Lease:
     owner: str
     token: int
     ttl: float
+
+
+@attrs.frozen(kw_only=True)
+class Timer:
+    """A timer an execution armed on entering a state: it fires ``event`` at ``due_at``
+    unless the execution leaves the state first. ``state`` is ``armed``, ``fired`` (with the
+    id of the event it appended) or ``cancelled``."""
+
+    id: str
+    execution_id: str
+    tenant: str
+    event: str
+    due_at: float
+    armed_seq: int
+    state: str
+    created_at: float
+    fired_at: float | None
+    cancelled_at: float | None
+    fired_event_id: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Timer:
+        """The timer stored in ``row`` of ``lf_timers``."""
+        return cls(
+            id=row.id,
+            execution_id=row.execution_id,
+            tenant=row.tenant,
+            event=row.event,
+            due_at=row.due_at,
+            armed_seq=row.armed_seq,
+            state=row.state,
+            created_at=row.created_at,
+            fired_at=row.fired_at,
+            cancelled_at=row.cancelled_at,
+            fired_event_id=row.fired_event_id,
+        )
 
 
 def _digest(body: Mapping[str, Any]) -> str:
@@ -327,6 +372,9 @@ class Engine:
         try:
             with self.store.write() as conn:
                 self.store.insert_execution(conn, new_id, tenant, state, started)
+                self.store.arm_timers(
+                    conn, new_id, tenant, started.seq, definition.timers(state.name)
+                )
         except sa.exc.IntegrityError as exc:
             raise InvalidInputError(
                 f"execution id {new_id!r} cannot be used; choose another"
@@ -397,24 +445,9 @@ class Engine:
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
                 with self.store.write() as conn:
-                    if key is not None:
-                        existing = self.store.event_by_key(conn, execution_id, key)
-                        if existing is not None:
-                            return existing
-                    self.store.lock_execution(conn, execution_id)
-                    seq = self.store.last_seq(conn, execution_id) + 1
-                    event = make(seq)
-                    (event_id,) = self.store.insert_records(
-                        conn, execution_id, tenant, [event], client_key=key
-                    )
-                self._publish([Wakeup(execution_id=execution_id, tenant=tenant, event_id=event_id)])
-                self.plugins.notify(
-                    "ledgerflow_event_enqueued",
-                    execution_id=execution_id,
-                    tenant=tenant,
-                    event_id=event_id,
-                    event=event.name,
-                )
+                    event_id, event = self._append_in(conn, execution_id, tenant, make, key)
+                if event is not None:
+                    self._enqueued(execution_id, tenant, event_id, event)
                 return event_id
             except sa.exc.IntegrityError as exc:
                 # another append took this seq (or this client key) first: look again
@@ -429,6 +462,97 @@ class Engine:
             f"event not appended to {execution_id}: {_COMMIT_ATTEMPTS} concurrent appends won "
             f"(last conflict: {first_line(last_conflict) if last_conflict else 'none'})"
         )
+
+    def _append_in(
+        self,
+        conn: sa.Connection,
+        execution_id: str,
+        tenant: str,
+        make: Callable[[int], EventReceived],
+        key: str | None,
+    ) -> tuple[str, EventReceived | None]:
+        """Inside a write transaction: append the event ``make(seq)`` with its outbox row;
+        returns its id and the event, or, for a known ``key``, the first event's id and
+        ``None``."""
+        if key is not None:
+            existing = self.store.event_by_key(conn, execution_id, key)
+            if existing is not None:
+                return existing, None
+        self.store.lock_execution(conn, execution_id)
+        seq = self.store.last_seq(conn, execution_id) + 1
+        event = make(seq)
+        (event_id,) = self.store.insert_records(conn, execution_id, tenant, [event], client_key=key)
+        return event_id, event
+
+    def _enqueued(
+        self, execution_id: str, tenant: str, event_id: str, event: EventReceived
+    ) -> None:
+        """After an append committed: publish its wake-up and tell the plugins."""
+        self._publish([Wakeup(execution_id=execution_id, tenant=tenant, event_id=event_id)])
+        self.plugins.notify(
+            "ledgerflow_event_enqueued",
+            execution_id=execution_id,
+            tenant=tenant,
+            event_id=event_id,
+            event=event.name,
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Timers
+    # ----------------------------------------------------------------------------------------
+
+    def fire_due_timers(self, *, limit: int = 100) -> int:
+        """Fire up to ``limit`` timers due by the clock: append each one's event (origin
+        ``timer``, no payload) to its execution's ledger and mark the timer fired, in one
+        transaction per timer; returns how many fired.
+
+        The event's client key is derived from the timer's id, and a timer is claimed only
+        while it is armed (on PostgreSQL with ``SKIP LOCKED``), so however many workers call
+        this at once, and whatever crashes in between, each timer appends its event at most
+        once; a timer that is due stays armed until some call fires it. Workers call this
+        every poll interval.
+        """
+        now = self.store.clock()
+        fired = 0
+        for timer_id, execution_id, tenant in self.store.due_timers(now, limit):
+            for attempt in range(_COMMIT_ATTEMPTS):
+                try:
+                    with self.store.write() as conn:
+                        row = self.store.claim_timer(conn, timer_id, now)
+                        if row is None:
+                            break  # fired, cancelled, or being fired by another worker
+                        event_id, event = self._append_in(
+                            conn,
+                            execution_id,
+                            tenant,
+                            _timer_event(row.event),
+                            f"ledgerflow.timer:{timer_id}",
+                        )
+                        self.store.mark_timer_fired(conn, timer_id, event_id)
+                except sa.exc.IntegrityError:
+                    time.sleep(min(0.001 * 2**attempt, 0.05))
+                    continue
+                except sa.exc.DBAPIError as exc:
+                    if attempt + 1 == _COMMIT_ATTEMPTS or not _retryable(exc):
+                        raise StoreUnavailableError(
+                            f"timer {timer_id} not fired: {first_line(exc)}"
+                        ) from exc
+                    continue
+                if event is not None:
+                    fired += 1
+                    self._enqueued(execution_id, tenant, event_id, event)
+                break
+        return fired
+
+    def timers(self, execution_id: str, *, tenant: str) -> list[Timer]:
+        """Every timer the execution armed, in the order armed: armed, fired or cancelled.
+        Raises :class:`ExecutionNotFoundError` if it does not exist for ``tenant``."""
+        _require_tenant(tenant)
+        with self.store.read() as conn:
+            if self.store.execution_row(conn, execution_id, tenant) is None:
+                raise ExecutionNotFoundError(f"execution {execution_id} not found")
+            rows = self.store.timer_rows(conn, execution_id, tenant)
+        return [Timer.from_row(r) for r in rows]
 
     def retry(self, execution_id: str, *, tenant: str, requested_by: str | None = None) -> str:
         """Ask for the failed execution to be resumed from its point of failure; returns the id
@@ -653,6 +777,7 @@ class Engine:
                     new = plan.build(base.seq + 1)
                     self.store.insert_records(conn, execution_id, tenant, new)
                     after = machine.fold(definition, new, base)
+                    _reset_timers(self.store, conn, definition, execution_id, tenant, new, after)
                     for seq, status, outcome, detail in plan.outcomes:
                         self.store.set_event_outcome(
                             conn, execution_id, seq, status=status, outcome=outcome, detail=detail
@@ -918,6 +1043,33 @@ class Engine:
                 ),
             ],
         )
+
+
+def _timer_event(name: str) -> Callable[[int], EventReceived]:
+    """What a timer appends: its event, sent by the timer, with no payload."""
+    return lambda seq: EventReceived(seq=seq, name=name, origin="timer")
+
+
+def _reset_timers(
+    store: SQLStore,
+    conn: sa.Connection,
+    definition: Definition,
+    execution_id: str,
+    tenant: str,
+    new: list[Record],
+    after: State,
+) -> None:
+    """Inside the transaction that commits ``new``: if it moves the execution (a transition,
+    or its reversal), cancel the timers of the state left and arm those of the state entered
+    by the last move, unless the execution is finished there."""
+    moves = [r for r in new if isinstance(r, TransitionApplied | TransitionReverted)]
+    if not moves:
+        return
+    store.cancel_timers(conn, execution_id)
+    if after.status is Status.COMPLETED:
+        return
+    last = moves[-1]
+    store.arm_timers(conn, execution_id, tenant, last.seq, definition.timers(last.target))
 
 
 @attrs.frozen

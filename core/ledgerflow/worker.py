@@ -2,7 +2,8 @@
 
 Wake-ups come from the transport (by default the database's outbox; on PostgreSQL a
 ``LISTEN`` wakes idle workers at once). A periodic sweep of undecided events finds work whose
-wake-up was lost. Each execution is processed under a lease that is renewed while work runs and
+wake-up was lost, and due timers are fired (their events appended) every poll interval.
+Each execution is processed under a lease that is renewed while work runs and
 checked at every commit; a lease left by a killed worker expires and is taken over.
 
 ``stop()`` (or SIGTERM / SIGINT in ``ledgerflow worker``) lets each thread finish the event in
@@ -47,6 +48,7 @@ class WorkerStats:
     leases_lost: int = 0
     dead_letters: int = 0
     relayed: int = 0
+    timers: int = 0
 
 
 class Worker:
@@ -59,7 +61,9 @@ class Worker:
     broker transport, the worker acts on the wake-ups it receives, acknowledges them once
     their outcome is committed, dead-letters the ones that do not parse or keep coming back,
     and relays wake-ups left unhandled ``relay_after`` seconds after their commit. Every
-    ``heartbeat_interval`` seconds it records a heartbeat (``ledgerflow workers``).
+    ``heartbeat_interval`` seconds it records a heartbeat (``ledgerflow workers``). Due
+    timers are fired every ``timer_interval`` seconds (default: ``poll_interval``), by
+    whichever thread comes first; their events are then processed like any other.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class Worker:
         relay_after: float = 2.0,
         heartbeat_interval: float = 5.0,
         health_file: str | None = None,
+        timer_interval: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -91,6 +96,7 @@ class Worker:
         self.lease_ttl = lease_ttl
         self.poll_interval = poll_interval
         self.sweep_interval = sweep_interval
+        self.timer_interval = poll_interval if timer_interval is None else timer_interval
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.transport = (
             engine.transport if broker is None else engine.plugins.transport_for(broker, engine)
@@ -115,6 +121,8 @@ class Worker:
         self._busy = 0
         self._idle_passes = 0
         self._last_sweep = 0.0
+        self._last_timers: float | None = None
+        self._firing = False
 
     # ----------------------------------------------------------------------------------------
 
@@ -200,6 +208,7 @@ class Worker:
         """Process whatever work is available now, in this thread; returns the number of
         events processed. For scripts and tests."""
         before = self.stats.events
+        self._fire_timers(force=True)
         while self._work_once():
             pass
         return self.stats.events - before
@@ -212,9 +221,10 @@ class Worker:
         Each execution is taken under its lease, processed until nothing is left, and given
         up, exactly as a running worker does; a wake-up whose event was processed already
         changes nothing. With no wake-ups, one sweep for undecided events is made instead (a
-        cron job's pass).
+        cron job's pass), after firing the timers that are due.
         """
         if not wakeups:
+            self._fire_timers(force=True)
             found = self.store.pending_executions(self.concurrency * 32)
             wakeups = [Wakeup(execution_id=e, tenant=t, event_id="") for e, t in found]
         left: list[str] = []
@@ -263,12 +273,16 @@ class Worker:
         # executions that keep failing here
         with self._lock:
             failing = list(self._failures)
-        return not self.store.has_work(besides=failing)
+        if self.store.has_work(besides=failing):
+            return False
+        due = self.store.next_due()
+        return due is None or due > self.store.clock()
 
     def _work_once(self) -> bool:
         with self._lock:
             self._busy += 1  # counted busy before claiming, so no thread sees a false idle
         try:
+            self._fire_timers()
             claimed = None
             if self.broker is not None and time.monotonic() >= self._broker_retry_at:
                 try:
@@ -298,6 +312,28 @@ class Worker:
         finally:
             with self._lock:
                 self._busy -= 1
+
+    def _fire_timers(self, *, force: bool = False) -> int:
+        """Fire the due timers, unless another thread is at it or (without ``force``) they
+        were fired less than ``timer_interval`` ago; returns how many fired."""
+        now = time.monotonic()
+        with self._lock:
+            if self._firing:
+                return 0
+            last = self._last_timers
+            if not force and last is not None and now - last < self.timer_interval:
+                return 0
+            self._firing = True
+            self._last_timers = now
+        try:
+            fired = self.engine.fire_due_timers()
+        finally:
+            with self._lock:
+                self._firing = False
+        if fired:
+            self._count(timers=fired)
+            log.info("worker %s: %d timers fired", self.id, fired)
+        return fired
 
     def _broker_down(self, exc: Exception) -> None:
         """The broker failed: try it again after a growing pause (0.5 s, 1 s, … 30 s)."""

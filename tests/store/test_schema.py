@@ -48,11 +48,11 @@ def test_a_database_at_0001_upgrades_to_the_circuit_breakers_and_keeps_its_rows(
     store = SQLStore(f"sqlite:///{tmp_path}/old.db")
     _migrate(store, "0001")
     assert store.revision() == "0001"
-    with pytest.raises(SchemaError, match="needs revision 0003"):
+    with pytest.raises(SchemaError, match="needs revision 0004"):
         store.check_schema()
     with store.write() as conn:
         store.insert_definition(conn, "W", 1, {"name": "W"}, "h")
-    assert store.upgrade() == "0003"
+    assert store.upgrade() == "0004"
     store.check_schema()
     assert store.definition_body("W", 1) == {"name": "W"}
     CircuitBreakers(store).failure("a", BreakerPolicy(), "boom")
@@ -63,4 +63,18 @@ def test_a_database_at_0001_upgrades_to_the_circuit_breakers_and_keeps_its_rows(
         assert not sa.inspect(conn).has_table("lf_circuit_breakers")
         assert not sa.inspect(conn).has_table("lf_dead_letters")
         assert "relayed_at" not in {c["name"] for c in sa.inspect(conn).get_columns("lf_outbox")}
+    store.close()
+
+
+def test_a_database_at_0003_upgrades_to_the_timers_and_back(tmp_path: Path) -> None:
+    store = SQLStore(f"sqlite:///{tmp_path}/old.db")
+    _migrate(store, "0003")
+    with store.write() as conn:
+        store.insert_definition(conn, "W", 1, {"name": "W"}, "h")
+    assert store.upgrade() == "0004"
+    assert store.row_counts()["lf_timers"] == 0
+    assert store.definition_body("W", 1) == {"name": "W"}
+    _migrate(store, "0003", down=True)
+    with store.read() as conn:
+        assert not sa.inspect(conn).has_table("lf_timers")
     store.close()

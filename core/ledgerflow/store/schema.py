@@ -22,6 +22,7 @@ __all__ = [
     "metadata",
     "outbox",
     "snapshots",
+    "timers",
     "workers",
 ]
 
@@ -204,4 +205,31 @@ workers = sa.Table(
     sa.Column("executions", sa.Integer, nullable=False),
     sa.Column("events", sa.Integer, nullable=False),
     sa.Column("errors", sa.Integer, nullable=False),
+)
+
+timers = sa.Table(
+    "lf_timers",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant", TENANT, nullable=False),
+    sa.Column("execution_id", ID, nullable=False),
+    # the event the timer appends when it fires (a transition's ``on``)
+    sa.Column("event", NAME, nullable=False),
+    sa.Column("due_at", sa.Double, nullable=False),
+    # the ledger record that armed it: the transition into the state (1: the start)
+    sa.Column("armed_seq", sa.Integer, nullable=False),
+    # armed, then fired or cancelled
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("fired_at", sa.Double),
+    sa.Column("cancelled_at", sa.Double),
+    sa.Column("fired_event_id", ID),
+    # only armed timers are ever searched, by due time (workers) or by execution (cancelling)
+    sa.Index(
+        "ix_lf_timers_armed_due_at",
+        "due_at",
+        postgresql_where=sa.text("state = 'armed'"),
+        sqlite_where=sa.text("state = 'armed'"),
+    ),
+    sa.Index(None, "execution_id", "state"),
 )

@@ -36,6 +36,7 @@ from ledgerflow.store.schema import (
     leases,
     outbox,
     snapshots,
+    timers,
     workers,
 )
 
@@ -45,7 +46,7 @@ NOTIFY_CHANNEL = "ledgerflow_wakeup"
 """The PostgreSQL channel an enqueue notifies and idle workers listen on."""
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
-_HEAD = "0003"
+_HEAD = "0004"
 
 
 def normalise_url(url: str) -> str:
@@ -696,6 +697,114 @@ class SQLStore:
             return False
 
     # ----------------------------------------------------------------------------------------
+    # Timers
+    # ----------------------------------------------------------------------------------------
+
+    def arm_timers(
+        self,
+        conn: Connection,
+        execution_id: str,
+        tenant: str,
+        armed_seq: int,
+        timed: Sequence[tuple[str, float]],
+    ) -> list[str]:
+        """Inside the transaction that enters a state: arm one timer per ``(event, seconds)``
+        of ``timed``, due ``seconds`` from now; returns their ids."""
+        now = self.clock()
+        rows: list[dict[str, Any]] = [
+            {
+                "id": uuid.uuid4().hex,
+                "tenant": tenant,
+                "execution_id": execution_id,
+                "event": event,
+                "due_at": now + seconds,
+                "armed_seq": armed_seq,
+                "state": "armed",
+                "created_at": now,
+            }
+            for event, seconds in timed
+        ]
+        if rows:
+            conn.execute(timers.insert(), rows)
+        return [row["id"] for row in rows]
+
+    def cancel_timers(self, conn: Connection, execution_id: str) -> int:
+        """Inside the transaction that leaves a state: cancel the execution's armed timers;
+        returns how many were cancelled (a timer fired already stays fired)."""
+        return int(
+            conn.execute(
+                timers.update()
+                .where(timers.c.execution_id == execution_id, timers.c.state == "armed")
+                .values(state="cancelled", cancelled_at=self.clock())
+            ).rowcount
+        )
+
+    def due_timers(self, now: float, limit: int) -> list[tuple[str, str, str]]:
+        """Up to ``limit`` armed timers due at ``now`` or before, soonest first, as
+        ``(timer_id, execution_id, tenant)``. Takes no locks: :meth:`claim_timer` does."""
+        with self.read() as conn:
+            rows = conn.execute(
+                sa.select(timers.c.id, timers.c.execution_id, timers.c.tenant)
+                .where(timers.c.state == "armed", timers.c.due_at <= now)
+                .order_by(timers.c.due_at, timers.c.id)
+                .limit(limit)
+            ).all()
+        return [(r.id, r.execution_id, r.tenant) for r in rows]
+
+    def claim_timer(self, conn: Connection, timer_id: str, now: float) -> Any:
+        """Inside a write transaction: the timer's row if it is still armed and due at ``now``
+        and nobody else is firing it, else ``None``.
+
+        On PostgreSQL the execution's row is locked first and the timer's after it, both
+        ``SKIP LOCKED``: the order in which a worker processing the execution takes them
+        (execution, then timers it cancels), and a busy row is skipped rather than waited for,
+        so firing never deadlocks with processing and two workers never fire one timer at
+        once. On SQLite the write transaction (``BEGIN IMMEDIATE``) already serialises them.
+        """
+        query = sa.select(timers).where(
+            timers.c.id == timer_id, timers.c.state == "armed", timers.c.due_at <= now
+        )
+        if self.dialect == "postgresql":
+            execution_id = conn.execute(
+                sa.select(timers.c.execution_id).where(timers.c.id == timer_id)
+            ).scalar()
+            locked = conn.execute(
+                sa.select(executions.c.id)
+                .where(executions.c.id == execution_id)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if locked is None:
+                return None
+            query = query.with_for_update(skip_locked=True)
+        return conn.execute(query).first()
+
+    def mark_timer_fired(self, conn: Connection, timer_id: str, event_id: str) -> None:
+        """Inside the transaction that appended the timer's event: mark the timer fired."""
+        conn.execute(
+            timers.update()
+            .where(timers.c.id == timer_id)
+            .values(state="fired", fired_at=self.clock(), fired_event_id=event_id)
+        )
+
+    def timer_rows(self, conn: Connection, execution_id: str, tenant: str) -> list[Any]:
+        """The execution's timers, in the order they were armed."""
+        return list(
+            conn.execute(
+                sa.select(timers)
+                .where(timers.c.execution_id == execution_id, timers.c.tenant == tenant)
+                .order_by(timers.c.created_at, timers.c.armed_seq, timers.c.event)
+            ).all()
+        )
+
+    def next_due(self) -> float | None:
+        """When the soonest armed timer is due, if any is armed."""
+        with self.read() as conn:
+            due = conn.execute(
+                sa.select(sa.func.min(timers.c.due_at)).where(timers.c.state == "armed")
+            ).scalar()
+        return None if due is None else float(due)
+
+    # ----------------------------------------------------------------------------------------
     # Broker transports: the outbox relay, dead letters, worker heartbeats
     # ----------------------------------------------------------------------------------------
 
@@ -956,6 +1065,7 @@ class SQLStore:
             circuit_breakers,
             dead_letters,
             workers,
+            timers,
         )
         with self.read() as conn:
             return {
