@@ -1,22 +1,41 @@
 """The plugin as a user meets it: installed, found through its entry point by an ordinary
-engine, its actions run in the example workflow. The engine is the testing kit's
-``ledgerflow_harness`` (see ``conftest.py``): a real engine on a fresh store per test."""
+engine, its actions run in the example workflow.
+
+The engine is ledgerflow's testing kit's: its pytest plugin gives each test a
+``ledgerflow_harness`` (a real engine on a fresh store) with the workflow and the tables the
+two fixtures below name. ``pytest --ledgerflow-db postgresql://...`` runs the same tests on
+PostgreSQL."""
 
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from ledgerflow import Engine
 from ledgerflow.plugins import DISABLE_ENV
 from ledgerflow.testing import Harness
 
+import ledgerflow_billing
 from ledgerflow_billing.metrics import metrics
 from ledgerflow_billing.tables import credit_notes
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "examples" / "invoice_billing.yaml"
+
+
+@pytest.fixture
+def ledgerflow_definitions() -> list[Path]:
+    """Every harness registers the InvoiceBilling example workflow..."""
+    return [WORKFLOW]
+
+
+@pytest.fixture
+def ledgerflow_setup() -> Callable[[Engine], None]:
+    """...after creating the ``credit_notes`` table, as an application's setup does."""
+    return ledgerflow_billing.create_tables
 
 
 def history(harness: Harness, execution_id: str) -> list[Any]:
