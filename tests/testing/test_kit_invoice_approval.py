@@ -156,6 +156,7 @@ def test_invoice_approval_is_sound(invoice: ledgerflow.Definition) -> None:
         assert_sound(invoice, actions=harness.engine.registry, depth=4)
 
 
-def test_its_timer_is_drawn_around_48_hours(invoice: ledgerflow.Definition) -> None:
-    assert check_definition(invoice) == []
-    assert invoice.timers("pending_approval") == (("EscalationDue", 48 * 3600.0),)
+def test_its_definition_has_no_problem_without_actions_to_check(
+    invoice: ledgerflow.Definition,
+) -> None:
+    assert check_definition(invoice, depth=3) == []

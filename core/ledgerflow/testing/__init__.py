@@ -27,12 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from ledgerflow.testing.harness import (
     ActionCall,
+    ClientRetry,
     Clock,
     Crash,
     Fault,
     Harness,
     LeaseExpires,
+    Redelivery,
     SimulatedCrash,
+    StepFault,
+    WorkerRestart,
     render_ledger,
 )
 from ledgerflow.testing.static import assert_sound, check_definition
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActionCall",
+    "ClientRetry",
     "Clock",
     "Crash",
     "Fault",
@@ -54,7 +59,10 @@ __all__ = [
     "Invariant",
     "LeaseExpires",
     "Observation",
+    "Redelivery",
     "SimulatedCrash",
+    "StepFault",
+    "WorkerRestart",
     "assert_sound",
     "check_definition",
     "check_workflow",

@@ -350,8 +350,9 @@ class Harness:
     registers its workflows: it must be idempotent, as an app's is).
 
     ``url`` is the store: ``sqlite://`` (the default) is a fresh in-memory SQLite database,
-    with the schema in place; any other URL is used as it is, its schema brought up to date
-    (give each harness a database, file or PostgreSQL schema of its own). ``tenant`` is the
+    with the schema in place; any other URL is used as it is, through the store plugin of its
+    scheme, its schema brought up to date (give each harness a database, file or PostgreSQL
+    schema of its own). ``tenant`` is the
     tenant of everything the harness starts. ``clock`` gives the time to the store, the engine,
     the step runner and the breakers, and retry backoffs advance it instead of sleeping.
 
@@ -413,7 +414,10 @@ class Harness:
         if _is_memory(url):
             self.store = _memory_store(url, self.clock, snapshot_every)
         else:
-            self.store = SQLStore(url, clock=self.clock, snapshot_every=snapshot_every)
+            # through the plugins, so that a store plugin's URL scheme works too
+            self.store = self.plugins.store_for(
+                url, clock=self.clock, snapshot_every=snapshot_every
+            )
             self.store.upgrade()
         self.engine = self._build_engine()
         self._pristine: sqlite3.Connection | None = None

@@ -15,7 +15,8 @@ Fixtures:
 The option ``--ledgerflow-db URL`` chooses the database: ``sqlite://`` (the default) is a
 fresh in-memory SQLite database per test; ``sqlite:///…`` any file name: a fresh SQLite file
 per test, in the test's temporary directory (the name given is not used); a PostgreSQL URL: a
-fresh schema per test in that database, dropped after the test. The same tests then run on
+fresh schema per test in that database, dropped after the test; any other URL (a store
+plugin's) is used as it is by every test. The same tests then run on
 PostgreSQL unchanged: ``pytest --ledgerflow-db postgresql://postgres@127.0.0.1/postgres``.
 """
 
@@ -47,7 +48,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=(
             "the database of the ledgerflow_harness and ledgerflow_engine fixtures: sqlite:// "
             "(default, in memory), sqlite:///any.db (a file per test) or a PostgreSQL URL "
-            "(a schema per test)"
+            "(a schema per test); any other URL is used as it is"
         ),
     )
 
@@ -64,9 +65,7 @@ def ledgerflow_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
         with _SchemaOfItsOwn(url) as scoped:
             yield scoped
     else:
-        raise pytest.UsageError(
-            f"{OPTION} {url!r}: use sqlite://, sqlite:///file.db or a postgresql:// URL"
-        )
+        yield url  # a store plugin's: used as it is, by every test
 
 
 class _SchemaOfItsOwn:
