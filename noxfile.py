@@ -75,11 +75,15 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Measure enqueue latency, end-to-end throughput, replay cost and parallel steps (not part
-    of the tests).
+    """Measure enqueue latency, end-to-end throughput, replay cost, parallel steps, and the
+    transports (database against Redis Streams, 1, 2 and 4 workers; needs ``redis-server``) (not
+    part of the tests).
 
-    ``nox -s bench -- --quick`` is a one-minute smoke run; figures are printed as one table.
+    ``nox -s bench -- --quick`` is a smoke run of a few minutes; each benchmark prints one
+    table. Both ledger_bench and transport_bench take ``--quick`` and ``--pg``; give ``--json``
+    to one of them run directly, or the second overwrites the first's file.
     """
-    session.install(".[postgres]")
+    session.install(".[postgres]", "./plugins/ledgerflow-redis")
     session.run("python", "benchmarks/ledger_bench.py", *session.posargs)
     session.run("python", "benchmarks/steps_bench.py")
+    session.run("python", "benchmarks/transport_bench.py", *session.posargs)
