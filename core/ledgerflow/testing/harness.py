@@ -618,7 +618,11 @@ class Harness:
 
     def arm(self, fault: StepFault) -> None:
         """Inject ``fault`` into the next processing (see :class:`Crash` and
-        :class:`LeaseExpires`); it strikes at most once, then is disarmed."""
+        :class:`LeaseExpires`); it strikes at most once, then is disarmed.
+
+        Inline, the processing then raises :class:`SimulatedCrash` (call :meth:`recover`).
+        With ``worker=True`` the real worker survives it as it survives a lost lease: it logs
+        it and takes the execution again, so nothing is raised."""
         with self._lock:
             self._armed = fault
             self._calls_made = 0

@@ -4,11 +4,14 @@ workflow kept the user's.
 
 The test is a hypothesis :class:`~hypothesis.stateful.RuleBasedStateMachine` (build the class
 with :func:`workflow_machine` to run it under pytest yourself). Each example starts one
-execution in a fresh :class:`~ledgerflow.testing.Harness` (``start(context)``) and applies one
-rule, over and over: ``send(event, wait, fault)``. After ``wait`` seconds, a client appends an
-event the definition knows (a payload its schema accepts, a role its transitions name) and a
-worker processes it, with, or without, a ``fault``: the worker dies before or after an
-action's effect (:class:`~ledgerflow.testing.Crash`) or stalls past its lease
+execution in a fresh :class:`~ledgerflow.testing.Harness` (``start(context)``), then sends it
+events, one rule per event the definition knows, named after it
+(``CreateInvoice(payload, role, fault)``, with a ``wait`` too when the workflow has timers),
+enabled in the states a transition leaves on that event, plus ``send(event, fault)`` for any
+event where no transition leaves the state. A client appends the event (a payload its schema
+accepts, a role its transitions name), after ``wait`` seconds, and a worker processes it, with,
+or without, a ``fault``: the worker dies before or after an action's effect
+(:class:`~ledgerflow.testing.Crash`) or stalls past its lease
 (:class:`~ledgerflow.testing.LeaseExpires`) and a fresh worker recovers the execution; the
 event's wake-up is delivered again (:class:`~ledgerflow.testing.Redelivery`); the client sends
 it again with the same key (:class:`~ledgerflow.testing.ClientRetry`); the worker restarts
