@@ -481,7 +481,14 @@ class Engine:
         self.store.lock_execution(conn, execution_id)
         seq = self.store.last_seq(conn, execution_id) + 1
         event = make(seq)
-        (event_id,) = self.store.insert_records(conn, execution_id, tenant, [event], client_key=key)
+        (event_id,) = self.store.insert_records(
+            conn,
+            execution_id,
+            tenant,
+            [event],
+            client_key=key,
+            published=self.broker != "database",  # _enqueued publishes it after the commit
+        )
         return event_id, event
 
     def _enqueued(

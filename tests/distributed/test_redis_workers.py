@@ -280,3 +280,18 @@ def test_malformed_and_poison_messages_reach_the_dead_letters(
     assert letters[None].message["garbage"] == "yes"
     assert len(redis_server.entries("ledgerflow:dead-letters")) == 2
     assert not redis_server.pending(stream)  # both acknowledged
+
+
+def test_the_relay_leaves_alone_what_the_fast_path_just_published(
+    ledger: Engine, redis_server: RedisServer
+) -> None:
+    execution_id = ledger.create_execution("Counting", tenant=TENANT)
+    ledger.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": 0})
+    assert (
+        redis_server.length(RedisTransport(redis_server.url(**BROKER)).stream_for(execution_id))
+        == 1
+    )
+    # still unhandled (no worker runs), but young: not sent a second time
+    assert ledger.store.relay_claim(older_than=0, again_after=60, limit=10) == []
+    # unhandled long after: sent again
+    assert len(ledger.store.relay_claim(older_than=0, again_after=0, limit=10)) == 1

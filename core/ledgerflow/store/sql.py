@@ -332,9 +332,13 @@ class SQLStore:
         records: Sequence[Record],
         *,
         client_key: str | None = None,
+        published: bool = False,
     ) -> list[str]:
         """Append ``records`` at their seqs, in one round trip; an ``event_received`` record is
-        marked pending and gets an outbox row. Returns the new event ids.
+        marked pending and gets an outbox row. Returns the new event ids. ``published`` says
+        the caller publishes the wake-ups itself once this commits (a broker transport's fast
+        path): the outbox relay then leaves them alone unless they are still unhandled well
+        after (see :meth:`relay_claim`), instead of sending every young one a second time.
 
         A seq already taken raises :class:`sqlalchemy.exc.IntegrityError`: the optimistic
         concurrency check on ``(execution_id, seq)``.
@@ -371,6 +375,7 @@ class SQLStore:
                         "tenant": tenant,
                         "event_id": event_id,
                         "created_at": now,
+                        "relayed_at": now if published else None,
                     }
                 )
         if rows:
