@@ -559,7 +559,10 @@ class Worker:
                 held = dict(self._held)
             for execution_id, token in held.items():
                 try:
-                    if not self.store.renew_lease(execution_id, self.id, token, self.lease_ttl):
+                    renewed = self.store.renew_lease(execution_id, self.id, token, self.lease_ttl)
+                    with self._lock:
+                        still_held = self._held.get(execution_id) == token
+                    if not renewed and still_held:  # not merely given up meanwhile
                         log.warning("worker %s: lease on %s was lost", self.id, execution_id)
                 except Exception as exc:  # keep renewing the others
                     log.warning("worker %s: renewing %s failed: %s", self.id, execution_id, exc)

@@ -37,6 +37,18 @@ def test_a_lease_is_kept_while_a_wakeup_is_unhandled(engine: Engine) -> None:
     assert engine.store.renew_lease(other, "w1", token, 30)
 
 
+def test_a_lease_given_up_is_never_renewed_back(engine: Engine) -> None:
+    """The worker's renewer may hold a lease in its list just as the lease is given up: its
+    renewal must not hold the execution for another lease time with nobody working on it."""
+    execution_id = engine.create_execution("InvoiceApproval", tenant=TENANT)
+    token = engine.store.take_lease(execution_id, "w1", 30)
+    assert token is not None
+    assert engine.store.renew_lease(execution_id, "w1", token, 30)
+    engine.store.release_lease(execution_id, "w1", token)
+    assert not engine.store.renew_lease(execution_id, "w1", token, 30)
+    assert engine.store.take_lease(execution_id, "w2", 30) is not None
+
+
 def test_concurrent_relays_take_different_wakeups_once_each(engine: Engine) -> None:
     ids = []
     for n in range(30):

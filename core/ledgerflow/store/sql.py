@@ -645,13 +645,22 @@ class SQLStore:
             )
 
     def renew_lease(self, execution_id: str, owner: str, token: int, ttl: float) -> bool:
-        """Extend a held lease; ``False`` if it was lost."""
-        try:
-            with self.write() as conn:
-                self.fence(conn, execution_id, owner, token, ttl)
-        except LeaseLostError:
-            return False
-        return True
+        """Extend a held lease; ``False`` if it was lost or given up. A lease its holder gave
+        up (``expires_at`` 0) is never brought back: a renewal racing with the release (the
+        worker's renewer thread took its list of leases just before) must not hold the
+        execution for another ``ttl`` with nobody working on it."""
+        with self.write() as conn:
+            renewed = conn.execute(
+                leases.update()
+                .where(
+                    leases.c.execution_id == execution_id,
+                    leases.c.owner == owner,
+                    leases.c.token == token,
+                    leases.c.expires_at > 0,
+                )
+                .values(expires_at=self.clock() + ttl)
+            ).rowcount
+        return renewed == 1
 
     def release_lease(self, execution_id: str, owner: str, token: int) -> None:
         """Give the lease up at once (the token stays, so fencing keeps counting up)."""
