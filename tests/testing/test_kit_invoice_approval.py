@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, Phase
 
 import invoice_app
 import ledgerflow
-from ledgerflow import Workflow
+from ledgerflow import EventReceived, Workflow
 from ledgerflow.testing import (
     Crash,
     Harness,
@@ -160,3 +160,30 @@ def test_its_definition_has_no_problem_without_actions_to_check(
     invoice: ledgerflow.Definition,
 ) -> None:
     assert check_definition(invoice, depth=3) == []
+
+
+def test_an_invoice_left_pending_for_48_hours_is_escalated(
+    invoice: ledgerflow.Definition,
+) -> None:
+    with Harness(invoice, setup=invoice_app.setup) as harness:
+        x = harness.start()
+        harness.send(
+            x,
+            "CreateInvoice",
+            {"invoice": {"id": "INV-2", "total": 20000, "customer_id": "C"}},
+            role="clerk",
+        )
+        harness.advance(48 * 3600 - 1)
+        harness.process()
+        assert harness.execution(x).state == "pending_approval"
+        harness.advance(1)
+        harness.process()  # the timer fires, as a worker fires it at its next poll
+        assert harness.execution(x).state == "escalated"
+        [fired] = [
+            e for e in harness.ledger(x) if isinstance(e, EventReceived) and e.origin == "timer"
+        ]
+        assert fired.name == "EscalationDue"
+        assert rows(harness)["invoices"][0]["status"] == "escalated"
+        harness.send(x, "ApproveInvoice", {"approved_by": "d"}, role="director")
+        assert harness.execution(x).state == "approved"
+        harness.check(x)

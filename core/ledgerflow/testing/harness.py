@@ -561,8 +561,9 @@ class Harness:
         return event_id
 
     def process(self) -> int:
-        """Process every pending event of the store, in each execution's ledger order, until
-        none is left that a worker could take; returns how many events were processed.
+        """Fire the timers due by the harness's clock, then process every pending event of the
+        store, in each execution's ledger order, until none is left that a worker could take;
+        returns how many events were processed.
 
         Inline, each execution is taken under a lease of its own (``lease_ttl`` seconds of the
         harness's clock) and released afterwards; an execution whose lease another worker
@@ -582,6 +583,7 @@ class Harness:
                 return worker.run_once()
             processed = 0
             for _ in range(1000):
+                self.engine.fire_due_timers()  # as a worker does before looking for work
                 found = self.store.pending_executions(64)
                 if not found:
                     return processed
@@ -606,9 +608,9 @@ class Harness:
     def advance(self, seconds: float) -> float:
         """Move the harness's clock forward by ``seconds``; returns the new time.
 
-        Leases, circuit breakers and timestamps follow the clock. Timers (a transition's
-        ``after``) do not fire yet: firing them is a later version of ledgerflow's, and will
-        plug in here.
+        Leases, circuit breakers, timestamps and timers follow the clock: a timer (a
+        transition's ``after``) that is now due fires at the next :meth:`process` (or
+        :meth:`send`), as a worker fires it at its next poll.
         """
         return self.clock.advance(seconds)
 
@@ -647,9 +649,14 @@ class Harness:
             execution_id, lease = self._successor
             self._successor = None
             with self._serving():
+                self.engine.fire_due_timers()
                 processed += self._process_leased(execution_id, self.tenant, lease)
-        self.advance(self.lease_ttl + 1)
+        self.advance(self._past_lease())
         return processed + self.process()
+
+    def _past_lease(self) -> float:
+        """How long to wait for a lease to expire: a little longer than it lives."""
+        return self.lease_ttl + min(self.lease_ttl, 1.0)
 
     # ----------------------------------------------------------------------------------------
     # What happened
@@ -855,7 +862,7 @@ class Harness:
             self._armed = None
             self._expire_after = None
             self.faults.append((fault, f"{step.action}, step {step.step_id}"))
-        self.clock.advance(self.lease_ttl + 1)
+        self.clock.advance(self._past_lease())
         successor = f"harness-successor-{uuid.uuid4().hex[:6]}"
         token = self.store.take_lease(step.execution_id, successor, self.lease_ttl)
         self._taken_over = True

@@ -226,7 +226,11 @@ def workflow_machine(
             self.reference: Harness | None = None
             self.execution_id = ""
             self.reference_id = ""
-            self.script: list[tuple[str, Any, Any]] = []
+            self.script: list[tuple[str, Any, str | None, float]] = []
+            """What the client did: ``(kind, event or context, key, seconds into the example)``,
+            the time being when the subject processed it."""
+            self.started_at = 0.0
+            self.reference_started_at = 0.0
             self.story: list[str] = []
             self.sent: list[tuple[Event, str, str]] = []
             self.state_name = compiled.workflow.initial_state
@@ -249,6 +253,9 @@ def workflow_machine(
                 setup=setup,
                 tenant=f"check-{uuid.uuid4().hex[:8]}",
                 plugins=shared,
+                # a lease a crashed worker leaves expires in a moment of the clock: recovery
+                # moves time on by no more than that, so timers fire as without the crash
+                lease_ttl=0.01,
             )
 
         # ------------------------------------------------------------------------------------
@@ -263,7 +270,8 @@ def workflow_machine(
                     context=context,
                     execution_id=self.execution_id,
                 )
-                self.script.append(("start", dict(context), None))
+                self.started_at = self.subject.clock.now
+                self.script.append(("start", dict(context), None, 0.0))
                 self.story.append(f"started with context {_short(dict(context))}")
 
         # any event, where no transition leaves the current state (a finished execution,
@@ -325,21 +333,19 @@ def workflow_machine(
         def _send(self, event: Event, wait: float, fault: Fault | None) -> None:
             subject, x = self.subject, self.execution_id
             if wait:
-                self.script.append(("advance", wait, None))
                 subject.advance(wait)
+                self.script.append(("wait", None, None, self._now()))
                 subject.process()
-                if self.reference is not None:
-                    self.reference.advance(wait)
-                    self.reference.process()
+                self._follow()
             key = f"send-{len(self.sent) + 1}"
             if isinstance(fault, WorkerRestart):
                 subject.restart()
             event_id = subject.send(x, event, key=key, process=False)
             self.sent.append((event, key, event_id))
-            self.script.append(("send", event, key))
+            self.script.append(("send", event, key, self._now()))
             what = (f"after {wait} seconds, " if wait else "") + f"sent {_event(event)}"
             if self.reference is not None:
-                self.reference.send(self.reference_id, event, key=key)
+                self.reference.send(self.reference_id, event, key=key, process=False)
             if isinstance(fault, Crash | LeaseExpires):
                 subject.arm(fault)
                 try:
@@ -348,8 +354,7 @@ def workflow_machine(
                     _, where = subject.faults[-1]
                     subject.recover()
                     what += f"; {fault} ({where}); a fresh worker recovered"
-                    if self.reference is None:
-                        self._ensure_reference()  # the same events, this one included
+                    self._ensure_reference()  # the same events, this one included
                 else:
                     what += f"; {fault}: not reached"
                 subject.disarm()
@@ -357,6 +362,7 @@ def workflow_machine(
                 subject.process()
                 if fault is not None:
                     what += f"; {fault}"
+            self._follow()
             found = subject.execution(x)
             self.state_name = found.state
             self.story.append(f"{what} -> {found.state} ({found.status.value})")
@@ -374,13 +380,34 @@ def workflow_machine(
                 after = self._observed(subject, subject._look(x))
                 _same(before, after, f"a retried append (key {key}) changed the execution")
 
+        def _now(self) -> float:
+            """Seconds since the example started, by the subject's clock."""
+            return self.subject.clock.now - self.started_at
+
+        def _follow(self, until: float | None = None) -> None:
+            """Bring the reference's clock to the subject's (or to ``until`` seconds into the
+            example) and process there: it fires the same timers at the same time, so the two
+            ledgers agree whatever time a recovery took."""
+            reference = self.reference
+            if reference is None:
+                return
+            target = self.reference_started_at + (self._now() if until is None else until)
+            if target > reference.clock.now:
+                reference.advance(target - reference.clock.now)
+            reference.process()
+
         def _ensure_reference(self) -> None:
-            """The same execution without faults: replay the client's script so far."""
+            """The same execution without faults: replay the client's script so far, each step
+            at the time the subject took it (the event that struck, at the time it was
+            recovered)."""
             if self.reference is not None:
                 return
             reference = self._harness()
+            self.reference = reference
             self.reference_id = f"{self.execution_id}-r"
-            for kind, value, key in self.script:
+            self.reference_started_at = reference.clock.now
+            *before, last = self.script
+            for kind, value, key, at in before:
                 if kind == "start":
                     reference.start(
                         compiled.name,
@@ -388,12 +415,14 @@ def workflow_machine(
                         context=value,
                         execution_id=self.reference_id,
                     )
-                elif kind == "send":
-                    reference.send(self.reference_id, value, key=key)
-                else:
-                    reference.advance(value)
-                    reference.process()
-            self.reference = reference
+                    continue
+                if kind == "send":
+                    reference.send(self.reference_id, value, key=key, process=False)
+                self._follow(at)
+            kind, value, key, at = last
+            assert kind == "send"
+            reference.send(self.reference_id, value, key=key, process=False)
+            self._follow()
 
         def _observed(self, harness: Harness, look: _Look) -> dict[str, Any]:
             """What must not differ: the ledger (times left out), the projection, the recorded
