@@ -238,7 +238,7 @@ def ledgerflow_execution_failed(execution_id: str, tenant: str, reason: str) -> 
 
 @hookspec
 def ledgerflow_worker_started(worker_id: str, concurrency: int) -> None:
-    """A worker started its threads."""
+    """A worker is about to start its threads."""
 
 
 @hookspec

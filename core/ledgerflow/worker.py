@@ -174,12 +174,12 @@ class Worker:
             self._beat()
         except Exception as exc:  # a heartbeat is for operators: never a reason not to work
             log.warning("worker %s: heartbeat: %s", self.id, exc)
-        log.info("worker %s started with %d threads", self.id, self.concurrency)
-        for thread in [*threads, *helpers]:
-            thread.start()
         self.engine.plugins.notify(
             "ledgerflow_worker_started", worker_id=self.id, concurrency=self.concurrency
         )
+        log.info("worker %s started with %d threads", self.id, self.concurrency)
+        for thread in [*threads, *helpers]:
+            thread.start()
         told = False
         try:
             for thread in threads:
