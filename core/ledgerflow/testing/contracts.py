@@ -18,15 +18,30 @@ Every test gets a fresh store from it (empty, with its schema) and a
 :class:`~ledgerflow.testing.Clock` it can move. ledgerflow runs this suite against SQLite and
 PostgreSQL.
 
-A contract for transports (how workers learn of work) will join it once the transport
-protocol, being redesigned now, settles.
+
+:class:`BrokerTransportContract` is the contract a plugin author's broker transport (a
+:class:`~ledgerflow.transports.BrokerTransport`, such as ``ledgerflow-redis``'s) must pass,
+through its public protocol only: a published wake-up goes to one consumer of the group and
+not again once acknowledged; a delivery a stopped consumer never acknowledged goes to another
+consumer after the transport's claim time, its ``deliveries`` counted up; ``dead_letter``
+acknowledges and returns an id; one execution's wake-ups arrive in publish order; an empty
+``receive`` returns ``[]`` after about ``block`` seconds; ``publish([])`` does nothing; and
+``close()`` may be called twice. Implement :meth:`BrokerTransportContract.make_transport` and
+set :attr:`BrokerTransportContract.claim_wait` a little above your transport's claim time::
+
+    class TestMyTransport(BrokerTransportContract):
+        claim_wait = 0.3
+
+        def make_transport(self) -> BrokerTransport:
+            return MyTransport("mybroker://localhost/?claim_idle=0.2")
 """
 
 from __future__ import annotations
 
 import abc
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -43,8 +58,9 @@ from ledgerflow.model import (
 )
 from ledgerflow.store.sql import SQLStore
 from ledgerflow.testing.harness import Clock
+from ledgerflow.transports import BrokerTransport, Delivery, Wakeup
 
-__all__ = ["StoreContract"]
+__all__ = ["BrokerTransportContract", "StoreContract"]
 
 
 def _state(seq: int, name: str = "draft", **context: object) -> State:
@@ -353,3 +369,154 @@ class StoreContract(abc.ABC):
         ]
         with pytest.raises(sa.exc.IntegrityError), store.write() as conn:
             store.insert_definition(conn, name, 1, {"changed": True}, "h3")
+
+
+class BrokerTransportContract(abc.ABC):
+    """The broker transport contract: subclass it as ``Test…``, implement
+    :meth:`make_transport` and set :attr:`claim_wait`.
+
+    Every transport a test makes shares one broker, empty at the start of the test, and one
+    consumer group: several transports of a test are several worker processes of a pool.
+    """
+
+    claim_wait: float = 1.0
+    """Seconds the tests sleep for a delivery left unacknowledged to become another
+    consumer's: a little more than the transport's claim timeout. Give the transport under
+    test a short one (a fraction of a second) and this a little more."""
+
+    block: float = 0.3
+    """The ``block`` of the tests' receives that expect nothing."""
+
+    patience: float = 5.0
+    """Seconds the tests wait at most for messages they expect."""
+
+    @abc.abstractmethod
+    def make_transport(self) -> BrokerTransport:
+        """A transport on the test's broker (empty when the test starts: no messages, no
+        pending deliveries), in the test's consumer group, its claim timeout a little less
+        than :attr:`claim_wait`. Called one or more times per test; each transport is closed
+        after the test. Wake-ups published before the group's first ``receive`` are to be
+        received too."""
+
+    # ----------------------------------------------------------------------------------------
+
+    @pytest.fixture
+    def connect(self) -> Iterator[Callable[[], BrokerTransport]]:
+        """Makes transports (:meth:`make_transport`), closed after the test."""
+        made: list[BrokerTransport] = []
+
+        def build() -> BrokerTransport:
+            transport = self.make_transport()
+            made.append(transport)
+            return transport
+
+        yield build
+        for transport in made:
+            transport.close()
+
+    @pytest.fixture
+    def transport(self, connect: Callable[[], BrokerTransport]) -> BrokerTransport:
+        """The transport under test."""
+        return connect()
+
+    @staticmethod
+    def wakeup(execution_id: str | None = None, n: int = 1) -> Wakeup:
+        """Wake-up ``n`` of ``execution_id`` (a new execution's by default)."""
+        return Wakeup(
+            execution_id=execution_id or f"c-{uuid.uuid4().hex[:16]}",
+            tenant="contract-tenant",
+            event_id=f"e-{n}-{uuid.uuid4().hex[:8]}",
+        )
+
+    def receive_all(
+        self, transport: BrokerTransport, consumer: str, expected: int
+    ) -> list[Delivery]:
+        """Receive for ``consumer`` until ``expected`` messages came (or :attr:`patience` ran
+        out), in the order they came."""
+        got: list[Delivery] = []
+        deadline = time.monotonic() + self.patience
+        while len(got) < expected and time.monotonic() < deadline:
+            got += transport.receive(consumer, count=expected - len(got), block=0.2)
+        return got
+
+    # ----------------------------------------------------------------------------------------
+
+    def test_it_is_a_broker_transport(self, transport: BrokerTransport) -> None:
+        assert isinstance(transport, BrokerTransport)
+        assert transport.max_deliveries >= 1
+
+    def test_a_wakeup_goes_to_one_consumer_and_not_again_after_ack(
+        self, transport: BrokerTransport
+    ) -> None:
+        sent = self.wakeup()
+        transport.publish([sent])
+        [delivery] = self.receive_all(transport, "worker-a", 1)
+        assert delivery.wakeup == sent
+        assert delivery.deliveries == 1
+        assert delivery.problem is None
+        # at once, well within the claim time: nobody else gets it meanwhile
+        assert transport.receive("worker-b", count=10, block=0) == []
+        assert transport.receive("worker-a", count=10, block=0) == []
+        transport.ack([delivery])
+        time.sleep(self.claim_wait)
+        assert transport.receive("worker-b", count=10, block=self.block) == []
+        assert transport.receive("worker-a", count=10, block=self.block) == []
+
+    def test_a_stopped_consumers_unacked_delivery_goes_to_another(
+        self, connect: Callable[[], BrokerTransport]
+    ) -> None:
+        stopping, surviving = connect(), connect()
+        sent = self.wakeup()
+        surviving.publish([sent])
+        [first] = self.receive_all(stopping, "worker-a", 1)
+        stopping.close()  # worker-a stops without acknowledging
+        time.sleep(self.claim_wait)
+        [again] = self.receive_all(surviving, "worker-b", 1)
+        assert (again.id, again.wakeup) == (first.id, sent)
+        assert again.deliveries == first.deliveries + 1
+        surviving.ack([again])
+        time.sleep(self.claim_wait)
+        assert surviving.receive("worker-c", count=10, block=self.block) == []
+
+    def test_a_dead_letter_is_acknowledged_and_has_an_id(self, transport: BrokerTransport) -> None:
+        transport.publish([self.wakeup()])
+        [delivery] = self.receive_all(transport, "worker-a", 1)
+        letter = transport.dead_letter(delivery, "contract: given up")
+        assert isinstance(letter, str)
+        assert letter
+        time.sleep(self.claim_wait)
+        assert transport.receive("worker-b", count=10, block=self.block) == []
+        assert transport.receive("worker-a", count=10, block=self.block) == []
+
+    def test_one_executions_wakeups_arrive_in_publish_order(
+        self, transport: BrokerTransport
+    ) -> None:
+        x, y = f"c-x-{uuid.uuid4().hex[:8]}", f"c-y-{uuid.uuid4().hex[:8]}"
+        first = [w for n in range(1, 4) for w in (self.wakeup(x, n), self.wakeup(y, n))]
+        later = [self.wakeup(x, 4), self.wakeup(x, 5), self.wakeup(y, 4)]
+        transport.publish(first)
+        transport.publish(later)
+        got = self.receive_all(transport, "worker-a", len(first) + len(later))
+        for execution_id in (x, y):
+            sent = [w for w in first + later if w.execution_id == execution_id]
+            came = [d.wakeup for d in got if d.wakeup and d.wakeup.execution_id == execution_id]
+            assert came == sent
+        transport.ack(got)
+
+    def test_receive_with_nothing_published_returns_nothing_within_block(
+        self, transport: BrokerTransport
+    ) -> None:
+        started = time.monotonic()
+        assert transport.receive("worker-a", count=10, block=self.block) == []
+        assert time.monotonic() - started < self.block + 1.0
+
+    def test_publishing_nothing_does_nothing(self, transport: BrokerTransport) -> None:
+        transport.publish([])
+        assert transport.receive("worker-a", count=10, block=self.block) == []
+
+    def test_close_may_be_called_twice(self, connect: Callable[[], BrokerTransport]) -> None:
+        transport = connect()
+        transport.publish([self.wakeup()])
+        transport.receive("worker-a", count=10, block=self.block)
+        transport.close()
+        transport.close()
