@@ -10,8 +10,9 @@
   events and faults and checks the engine's guarantees and your invariants, reporting the
   shortest failing sequence as a ledger;
 - :func:`check_definition` / :func:`assert_sound`: static checks of a definition;
-- :class:`~ledgerflow.testing.contracts.StoreContract`: the contract test suite a store must
-  pass;
+- :class:`~ledgerflow.testing.contracts.StoreContract` and
+  :class:`~ledgerflow.testing.contracts.BrokerTransportContract`: the contract test suites a
+  store and a broker transport must pass;
 - a pytest plugin (loaded by pytest through its ``pytest11`` entry point) with the fixtures
   ``ledgerflow_harness`` and ``ledgerflow_engine`` and the option ``--ledgerflow-db``.
 
