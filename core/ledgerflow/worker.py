@@ -98,6 +98,8 @@ class Worker:
         self.sweep_interval = sweep_interval
         self.timer_interval = poll_interval if timer_interval is None else timer_interval
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # the engine's transport is the engine's to close; one built here is this worker's
+        self._owns_transport = broker is not None
         self.transport = (
             engine.transport if broker is None else engine.plugins.transport_for(broker, engine)
         )
@@ -192,11 +194,12 @@ class Worker:
             self.stop()
             if not told:
                 self.engine.plugins.notify("ledgerflow_worker_stopping", worker_id=self.id)
-            self.transport.close()
             # leases are renewed until the last event in hand is committed
             self._finished.set()
             for thread in helpers:
                 thread.join(timeout=5)
+            if self._owns_transport:  # after the relay thread, which publishes through it
+                self.transport.close()
             try:
                 self._beat(stopped=True)
             except Exception as exc:

@@ -632,11 +632,7 @@ class SQLStore:
         ``owner`` no longer holds it with ``token``. Every commit of a worker passes here."""
         renewed = conn.execute(
             leases.update()
-            .where(
-                leases.c.execution_id == execution_id,
-                leases.c.owner == owner,
-                leases.c.token == token,
-            )
+            .where(_held_by(execution_id, owner, token))
             .values(expires_at=self.clock() + ttl)
         ).rowcount
         if renewed != 1:
@@ -652,12 +648,7 @@ class SQLStore:
         with self.write() as conn:
             renewed = conn.execute(
                 leases.update()
-                .where(
-                    leases.c.execution_id == execution_id,
-                    leases.c.owner == owner,
-                    leases.c.token == token,
-                    leases.c.expires_at > 0,
-                )
+                .where(_held_by(execution_id, owner, token), leases.c.expires_at > 0)
                 .values(expires_at=self.clock() + ttl)
             ).rowcount
         return renewed == 1
@@ -666,13 +657,7 @@ class SQLStore:
         """Give the lease up at once (the token stays, so fencing keeps counting up)."""
         with self.write() as conn:
             conn.execute(
-                leases.update()
-                .where(
-                    leases.c.execution_id == execution_id,
-                    leases.c.owner == owner,
-                    leases.c.token == token,
-                )
-                .values(expires_at=0.0)
+                leases.update().where(_held_by(execution_id, owner, token)).values(expires_at=0.0)
             )
 
     def release_lease_if_idle(self, execution_id: str, owner: str, token: int, ttl: float) -> bool:
@@ -686,13 +671,7 @@ class SQLStore:
         """
         with self.write() as conn:
             released = conn.execute(
-                leases.update()
-                .where(
-                    leases.c.execution_id == execution_id,
-                    leases.c.owner == owner,
-                    leases.c.token == token,
-                )
-                .values(expires_at=0.0)
+                leases.update().where(_held_by(execution_id, owner, token)).values(expires_at=0.0)
             ).rowcount
             if not released:
                 return True  # not ours any more: nothing to give up
@@ -1086,3 +1065,10 @@ class SQLStore:
                 t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
                 for t in tables
             }
+
+
+def _held_by(execution_id: str, owner: str, token: int) -> sa.ColumnElement[bool]:
+    """The lease row of ``execution_id`` as ``owner`` holds it with ``token``."""
+    return sa.and_(
+        leases.c.execution_id == execution_id, leases.c.owner == owner, leases.c.token == token
+    )
