@@ -215,6 +215,12 @@ class System(Protocol):
     name: str
     effects_url: str
     """The database the actions write ``bench_effects`` to (SQLAlchemy URL)."""
+    has_steps: bool
+    """Whether the system runs the steps workload."""
+
+    def ready(self) -> bool:
+        """Whether the workers have set up what the client needs (polled before the warm-up)."""
+        ...
 
     def worker_commands(self) -> list[list[str]]:
         """The command of each worker process, started with :data:`BENCHMARKS` as cwd."""
@@ -255,8 +261,8 @@ class Workers:
         full_env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(BENCHMARKS), full_env.get("PYTHONPATH")])
         )
-        for n, command in enumerate(commands):
-            log = logdir / f"worker-{len(self.logs) + n}.log"
+        for command in commands:
+            log = logdir / f"worker-{len(self.logs)}.log"
             with log.open("wb") as out:
                 self.processes.append(
                     subprocess.Popen(
@@ -345,6 +351,7 @@ def measure(system: System, sizes: Sizes, logdir: Path, label: str) -> Measureme
     workers = Workers()
     try:
         workers.start(system.worker_commands(), system.worker_env(), logdir)
+        wait_until(system.ready, 180.0, workers, f"{system.name} start")
         with db.connect() as conn:
 
             def done(prefix: str, n: int) -> Callable[[], bool]:
@@ -382,7 +389,7 @@ def measure(system: System, sizes: Sizes, logdir: Path, label: str) -> Measureme
                 result.workflows_per_second = verdict.per_action.get("C", 0) / elapsed
                 result.actions_per_second = verdict.rows / elapsed
 
-            if sizes.steps_workflows:
+            if sizes.steps_workflows and system.has_steps:
                 steps_prefix = f"{label}-steps-"
                 started = time.time()
                 for i in range(sizes.steps_workflows):

@@ -1,0 +1,155 @@
+"""DBOS Transact under the reference workload, written for this benchmark the way its
+documentation recommends: a queue worker service and a client that enqueues.
+
+Runs in the peers' environment (``benchmarks/.venv-peers``). Two worker processes
+(``python peer_dbos.py worker MODE SYSTEM_DB APP_DB``) each configure DBOS on a PostgreSQL
+system database, register the queue ``bench`` and launch; the client is a ``DBOSClient`` on the
+same system database calling ``enqueue`` once per workflow. The ``invoice`` workflow runs its
+actions A, B and C in sequence (each is a checkpointed operation; running A and B at once would
+take child workflows on a queue, more database writes than two millisecond steps cost), in one
+of two modes:
+
+- ``steps``: each action is a ``@DBOS.step`` that commits its write in a transaction of its own,
+  and DBOS checkpoints the step's output after it: at least once;
+- ``transactions``: each action is a transaction of a ``SQLAlchemyDatasource`` on the
+  application database, at READ COMMITTED (as ledgerflow's actions here): DBOS records the
+  output in the same transaction, exactly once.
+
+The ``steps`` workflow is ten ``@DBOS.step`` calls; the tenth writes the completion row.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+import workload
+
+QUEUE = "bench"
+POLLING_INTERVAL = 0.05  # seconds between a worker's looks at the queue (the default is 1)
+
+
+def serve(mode: str, system_url: str, app_url: str) -> None:
+    """A DBOS worker process, until SIGTERM."""
+    from dbos import DBOS, DBOSConfig, SQLAlchemyDatasource
+
+    DBOS(config=DBOSConfig(name="bench", system_database_url=system_url, log_level="WARNING"))
+    engine = sa.create_engine(app_url, pool_size=10)
+
+    if mode == "transactions":
+        datasource = SQLAlchemyDatasource.create(app_url)
+
+        @datasource.transaction(name="effect", isolation_level="READ COMMITTED")
+        def effect(workflow: str, action: str) -> int | None:
+            return workload.write_effect(datasource.sql_session().connection(), workflow, action)
+
+        @datasource.transaction(name="steps_done", isolation_level="READ COMMITTED")
+        def done(workflow: str) -> None:
+            workload.write_steps_done(datasource.sql_session().connection(), workflow)
+
+    else:
+
+        @DBOS.step(name="effect")
+        def effect(workflow: str, action: str) -> int | None:
+            with engine.begin() as conn:
+                return workload.write_effect(conn, workflow, action)
+
+        @DBOS.step(name="steps_done")
+        def done(workflow: str) -> None:
+            with engine.begin() as conn:
+                workload.write_steps_done(conn, workflow)
+
+    @DBOS.step(name="noop")
+    def noop() -> None:
+        return None
+
+    @DBOS.workflow(name="invoice")
+    def invoice(data: dict[str, Any]) -> None:
+        for action in workload.ACTIONS:
+            effect(data["workflow"], action)
+
+    @DBOS.workflow(name="steps")
+    def steps(workflow: str) -> None:
+        for _ in range(workload.STEPS - 1):
+            noop()
+        done(workflow)
+
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    DBOS.launch()
+    DBOS.register_queue(QUEUE, polling_interval_sec=POLLING_INTERVAL)
+    stopped.wait()
+    DBOS.destroy()
+
+
+class DBOSSystem:
+    """DBOS under :func:`workload.measure`."""
+
+    has_steps = True
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from dbos import DBOSClient
+
+        self.mode: str = config["mode"]
+        self.name = f"DBOS, {self.mode}"
+        self.system_url: str = config["system_url"]
+        self.effects_url: str = config["effects_url"]
+        self.processes: int = config["processes"]
+        # the workers create the system database's schema at launch; the client waits for it
+        self.client: DBOSClient | None = None
+
+    def _client(self) -> Any:
+        from dbos import DBOSClient
+
+        if self.client is None:
+            self.client = DBOSClient(system_database_url=self.system_url)
+        return self.client
+
+    def ready(self) -> bool:
+        """Whether every worker has launched: the schema exists and each has registered."""
+        engine = sa.create_engine(self.system_url)
+        try:
+            with engine.connect() as conn:
+                if conn.execute(sa.text("SELECT to_regclass('dbos.queues')")).scalar() is None:
+                    return False
+                return bool(conn.execute(sa.text("SELECT count(*) FROM dbos.queues")).scalar())
+        except sa.exc.DBAPIError:
+            return False
+        finally:
+            engine.dispose()
+
+    def worker_commands(self) -> list[list[str]]:
+        command = [
+            sys.executable,
+            "peer_dbos.py",
+            "worker",
+            self.mode,
+            self.system_url,
+            self.effects_url,
+        ]
+        return [command] * self.processes
+
+    def worker_env(self) -> dict[str, str]:
+        return {}
+
+    def submit(self, workflow: str, data: Mapping[str, Any]) -> None:
+        self._client().enqueue({"workflow_name": "invoice", "queue_name": QUEUE}, dict(data))
+
+    def submit_steps(self, workflow: str) -> None:
+        self._client().enqueue({"workflow_name": "steps", "queue_name": QUEUE}, workflow)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.destroy()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["worker"]:
+        serve(*sys.argv[2:5])
+    else:
+        sys.exit(workload.peer_main(DBOSSystem))
