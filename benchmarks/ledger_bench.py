@@ -79,6 +79,7 @@ from ledgerflow.engine import Engine, Lease
 from ledgerflow.model import EventRejected, TransitionApplied
 from ledgerflow.store.schema import events, outbox
 from ledgerflow.store.sql import SQLStore, normalise_url
+from reporting import cpu_model, latency_summary, num, progress, ratio, table
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "contrib" / "examples" / "invoice_approval" / "invoice_approval.yaml"
@@ -110,70 +111,6 @@ class Config:
         if quick:
             return cls(True, 20, 10, (10, 100, 10_000), 5, 120.0)
         return cls(False, 200, 100, (10, 1_000, 100_000), 10, 300.0)
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# Statistics and formatting
-# ------------------------------------------------------------------------------------------------
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) of ``samples``, interpolating between ranks."""
-    ordered = sorted(samples)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
-    """p50, p99, mean and max of ``seconds``, in milliseconds."""
-    ms = [s * 1000 for s in seconds]
-    return {
-        "n": len(ms),
-        "p50_ms": percentile(ms, 50),
-        "p99_ms": percentile(ms, 99),
-        "mean_ms": statistics.fmean(ms),
-        "max_ms": max(ms),
-    }
-
-
-def num(value: float | None) -> str:
-    """A measurement with about three significant digits."""
-    if value is None:
-        return "-"
-    magnitude = abs(value)
-    if magnitude >= 100:
-        return f"{value:,.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
-def ratio(numerator: float | None, denominator: float | None) -> str:
-    if numerator is None or not denominator:
-        return "-"
-    return f"{num(numerator / denominator)}x"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table: the first column left-aligned, the others right-aligned."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        return "  " + "   ".join(cells).rstrip()
-
-    rule = "  " + "-" * (sum(widths) + 3 * (len(widths) - 1))
-    return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -589,16 +526,10 @@ def bench_replay(databases: Databases, cfg: Config) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_count": os.cpu_count(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "platform": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "ledgerflow": ledgerflow.__version__,

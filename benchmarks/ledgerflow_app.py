@@ -163,6 +163,11 @@ class LedgerflowSystem:
         self.create_ms: list[float] = []
         self.enqueue_ms: list[float] = []
 
+    has_steps = True
+
+    def ready(self) -> bool:
+        return True
+
     def worker_commands(self) -> list[list[str]]:
         command = [
             sys.executable,

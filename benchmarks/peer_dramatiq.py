@@ -6,10 +6,10 @@ on a Redis rate-limiter backend).
 Runs in the peers' environment (``benchmarks/.venv-peers``). ``dramatiq peer_dramatiq
 --processes 2`` with the default number of threads per process; the client calls
 ``group([effect.message(event, "A"), effect.message(event, "B")])``, adds
-``effect_c.message(event)`` as its completion callback and runs it, once per workflow. Each actor commits
-its write in a transaction of its own: at least once. The steps workflow is a pipeline of ten
-messages (results ignored), the tenth writing the completion row. The URLs come from
-``BENCH_REDIS_URL`` and ``BENCH_APP_URL``.
+``effect_c.message(event)`` as its completion callback and runs it, once per workflow. Each
+actor commits its write in a transaction of its own: at least once. The steps workflow is a
+pipeline of ten messages (results ignored), the tenth writing the completion row. The URLs come
+from ``BENCH_REDIS_URL`` and ``BENCH_APP_URL``.
 """
 
 from __future__ import annotations

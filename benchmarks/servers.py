@@ -104,7 +104,9 @@ class PostgresServer:
         if self._dir is None:
             return
         with contextlib.suppress(RuntimeError):
-            self._run(str(pg_bindir() / "pg_ctl"), "-D", str(self._dir / "data"), "-m", "fast", "stop")
+            self._run(
+                str(pg_bindir() / "pg_ctl"), "-D", str(self._dir / "data"), "-m", "fast", "stop"
+            )
         shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = None
 

@@ -89,12 +89,13 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
-from ledgerflow_redis.testing import RedisServer
 
 import ledgerflow
 from ledgerflow.engine import Engine
 from ledgerflow.store.schema import outbox
 from ledgerflow.store.sql import SQLStore, normalise_url
+from ledgerflow_redis.testing import RedisServer
+from reporting import cpu_model, num, percentile, progress, spread, table
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -127,71 +128,12 @@ class Config:
         return self.executions * self.events_per_execution
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def counting_app() -> ModuleType:
     """The tests' counting app (``tests/apps/counting_app.py``): the workers import it by
     ``--app``, and this process uses its ``setup`` and its ``hits`` table."""
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
     return importlib.import_module(APP)
-
-
-# ------------------------------------------------------------------------------------------------
-# Statistics and formatting
-# ------------------------------------------------------------------------------------------------
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) of ``samples``, interpolating between ranks."""
-    ordered = sorted(samples)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def num(value: float | None) -> str:
-    """A measurement with about three significant digits."""
-    if value is None:
-        return "-"
-    magnitude = abs(value)
-    if magnitude >= 100:
-        return f"{value:,.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
-def spread(values: Sequence[float], suffix: str = "") -> str:
-    """``median (min-max)`` of ``values``."""
-    if not values:
-        return "-"
-    median = statistics.median(values)
-    if len(values) == 1:
-        return f"{num(median)}{suffix}"
-    return f"{num(median)}{suffix} ({num(min(values))}-{num(max(values))}{suffix})"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table: the first column left-aligned, the others right-aligned; an empty
-    row is a rule."""
-    widths = [max(len(row[i]) for row in [header, *rows] if row) for i in range(len(header))]
-    rule = "  " + "-" * (sum(widths) + 3 * (len(widths) - 1))
-
-    def line(row: Sequence[str]) -> str:
-        if not row:
-            return rule
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        return "  " + "   ".join(cells).rstrip()
-
-    return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -550,18 +492,12 @@ def measure(ctx: Context, transport: str, processes: int, round_no: int) -> dict
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     redis_version = subprocess.run(
         ["redis-server", "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
     return {
         "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "platform": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "ledgerflow": ledgerflow.__version__,

@@ -256,7 +256,9 @@ class Workers:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
-    def start(self, commands: Sequence[Sequence[str]], env: Mapping[str, str], logdir: Path) -> None:
+    def start(
+        self, commands: Sequence[Sequence[str]], env: Mapping[str, str], logdir: Path
+    ) -> None:
         full_env = {**os.environ, **env}
         full_env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(BENCHMARKS), full_env.get("PYTHONPATH")])
@@ -328,9 +330,7 @@ class Measurement:
     problems: list[str] = field(default_factory=list)
 
 
-def wait_until(
-    condition: Callable[[], bool], timeout: float, workers: Workers, what: str
-) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float, workers: Workers, what: str) -> None:
     """Poll ``condition`` until true; raise after ``timeout`` s or when a worker dies."""
     deadline = time.monotonic() + timeout
     while not condition():

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ledgerflow import definitions, diagrams
+from ledgerflow import definitions, diagrams, logs
 from ledgerflow.errors import DefinitionError, InvalidInputError, LedgerflowError, NotFoundError
+from ledgerflow.monitoring import metrics_options, serving_metrics, status_command
 
 if TYPE_CHECKING:
     from ledgerflow.engine import Engine, HistoryEntry
@@ -134,15 +135,23 @@ tenant_option = click.option("--tenant", required=True, help="The tenant the exe
     "(redis://…, with ledgerflow-redis); env LEDGERFLOW_BROKER.",
 )
 @click.option("--debug", is_flag=True, help="Show the traceback of any error.")
+@click.option(
+    "--log-format",
+    envvar="LEDGERFLOW_LOG_FORMAT",
+    type=click.Choice(logs.LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as JSON objects carrying execution, event, tenant and step "
+    "ids; env LEDGERFLOW_LOG_FORMAT.",
+)
 @click.version_option(package_name="ledgerflow")
 @click.pass_context
-def cli(ctx: click.Context, db: str, app: str | None, broker: str, debug: bool) -> None:
+def cli(
+    ctx: click.Context, db: str, app: str | None, broker: str, debug: bool, log_format: str
+) -> None:
     """ledgerflow: durable, event-sourced workflows."""
     ctx.obj = _Settings(db, app, broker)
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(log_format, level=logging.DEBUG if debug else logging.WARNING)
 
 
 @cli.group(cls=_Group)
@@ -325,6 +334,7 @@ def send_command(
 
 
 @cli.command("worker")
+@metrics_options
 @click.option(
     "--concurrency", default=1, show_default=True, type=click.IntRange(min=1), help="Threads."
 )
@@ -373,7 +383,8 @@ def worker_command(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    stats = worker.run(until_idle=until_idle)
+    with serving_metrics(worker):
+        stats = worker.run(until_idle=until_idle)
     failing = worker.failing
     summary = {
         "failing_executions": failing,
@@ -424,6 +435,9 @@ def health_command(settings: _Settings, as_json: bool) -> None:
             click.echo(f"{name}: {value}")
     if not healthy:
         sys.exit(1)
+
+
+cli.add_command(status_command)
 
 
 @cli.command("workers")

@@ -23,7 +23,7 @@ import attrs
 import sqlalchemy as sa
 
 from ledgerflow import definitions as definitions_module
-from ledgerflow import machine
+from ledgerflow import logs, machine
 from ledgerflow.builtin.actions import SET_CONTEXT
 from ledgerflow.definitions import CompiledStep, Definition
 from ledgerflow.errors import (
@@ -770,6 +770,7 @@ class Engine:
     ) -> tuple[State, list[StoredRecord]]:
         event = stored.record
         assert isinstance(event, EventReceived)
+        logs.begin_event(stored.event_id, enqueued_at=stored.created_at)
         if event.origin == "system" and event.name == RETRY_EVENT:
             plan = self._retry_plan(definition, execution_id, tenant, lease, state, stored)
         else:

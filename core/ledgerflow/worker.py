@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import attrs
 import sqlalchemy as sa
 
+from ledgerflow import logs
 from ledgerflow.engine import Engine, Lease
 from ledgerflow.errors import (
     CircuitOpenError,
@@ -134,6 +135,12 @@ class Worker:
         success (each is retried after a growing pause)."""
         with self._lock:
             return list(self._failures)
+
+    @property
+    def held(self) -> list[str]:
+        """Executions this worker holds the lease of and is processing now."""
+        with self._lock:
+            return list(self._held)
 
     def stop(self) -> None:
         """Ask every thread to finish the event in hand and return. Safe in a signal handler:
@@ -497,12 +504,13 @@ class Worker:
             self._held[execution_id] = token
         cooldown: float | None = None
         try:
-            count = self.engine.process(
-                execution_id,
-                tenant=tenant,
-                lease=Lease(owner=self.id, token=token, ttl=self.lease_ttl),
-                should_stop=self._stopping.is_set,
-            )
+            with logs.bound(execution_id=execution_id, tenant=tenant):
+                count = self.engine.process(
+                    execution_id,
+                    tenant=tenant,
+                    lease=Lease(owner=self.id, token=token, ttl=self.lease_ttl),
+                    should_stop=self._stopping.is_set,
+                )
             self._count(executions=1, events=count)
             with self._lock:
                 self._failures.pop(execution_id, None)

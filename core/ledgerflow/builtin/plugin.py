@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ledgerflow import logs
 from ledgerflow.builtin.actions import register_builtin_actions, register_emit_event
-from ledgerflow.hookspecs import hookimpl
+from ledgerflow.hookspecs import StepInfo, hookimpl
 from ledgerflow.model import JSON
 from ledgerflow.notifiers import LogNotifier, Notifier
 from ledgerflow.registry import ActionRegistry
@@ -47,6 +48,13 @@ def ledgerflow_register_transports(
 
 
 @hookimpl(trylast=True)
-def ledgerflow_run_step(call: Callable[[], JSON], params: Any) -> JSON:
-    """Run the attempt: every wrapper a plugin adds runs around this."""
-    return call()
+def ledgerflow_run_step(step: StepInfo, call: Callable[[], JSON], params: Any) -> JSON:
+    """Run the attempt: every wrapper a plugin adds runs around this. What the action logs
+    carries the step's execution, event, tenant and step id."""
+    with logs.bound(
+        execution_id=step.execution_id,
+        event_id=step.event_id,
+        tenant=step.tenant,
+        step_id=step.step_id,
+    ):
+        return call()
