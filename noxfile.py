@@ -41,8 +41,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "core", "tests", "noxfile.py", *PLUGINS)
-    session.run("ruff", "format", "--check", "core", "tests", "noxfile.py", *PLUGINS)
+    session.run("ruff", "check", "core", "tests", "benchmarks", "noxfile.py", *PLUGINS)
+    session.run("ruff", "format", "--check", "core", "tests", "benchmarks", "noxfile.py", *PLUGINS)
 
 
 @nox.session(python=PYTHON)
@@ -75,15 +75,14 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Measure enqueue latency, end-to-end throughput, replay cost, parallel steps, and the
-    transports (database against Redis Streams, 1, 2 and 4 workers; needs ``redis-server``) (not
-    part of the tests).
+    """Compare ledgerflow with DBOS Transact, Celery, Dramatiq and a raw floor on the reference
+    workload, then measure enqueue latency, replay cost and 1, 2 and 4 workers; write the
+    results to docs/content/benchmarks.md (not part of the default sessions, nor of CI).
 
-    ``nox -s bench -- --quick`` is a smoke run of a few minutes; each benchmark prints one
-    table. Both ledger_bench and transport_bench take ``--quick`` and ``--pg``; give ``--json``
-    to one of them run directly, or the second overwrites the first's file.
+    Needs ``redis-server`` and PostgreSQL's server programs (``pg_config --bindir``): it starts
+    private instances on free ports. The peers are installed into ``benchmarks/.venv-peers``
+    from ``benchmarks/peers-requirements.txt``. ``nox -s bench -- --quick`` is a smoke run of a
+    few minutes; every argument goes to ``benchmarks/compare.py`` (``--help`` lists them).
     """
     session.install(".[postgres]", "./plugins/ledgerflow-redis")
-    session.run("python", "benchmarks/ledger_bench.py", *session.posargs)
-    session.run("python", "benchmarks/steps_bench.py")
-    session.run("python", "benchmarks/transport_bench.py", *session.posargs)
+    session.run("python", "benchmarks/compare.py", *session.posargs)

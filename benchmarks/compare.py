@@ -452,6 +452,7 @@ def render(results: dict[str, Any], summary: Sequence[dict[str, Any]]) -> str:
     ]
     for title, key in (
         ("Enqueue latency and replay cost", "ledger_bench"),
+        ("Independent steps run at the same time", "steps_bench"),
         ("Throughput with 1, 2 and 4 worker processes", "transport_bench"),
     ):
         text = results.get("extras", {}).get(key)
@@ -475,11 +476,18 @@ def render(results: dict[str, Any], summary: Sequence[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def run_extra(script: str, args: Sequence[str], workdir: Path) -> tuple[str, Path]:
-    """Run ``benchmarks/<script>`` with ``args`` and ``--json``; its printed report and JSON."""
+def run_extra(
+    script: str, args: Sequence[str], workdir: Path, *, json_out: bool = True
+) -> tuple[str, Path]:
+    """Run ``benchmarks/<script>`` with ``args`` (and ``--json``); its printed report and JSON."""
     out = workdir / f"{script}.json"
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *args, "--json", str(out)],
+        [
+            sys.executable,
+            str(BENCHMARKS / script),
+            *args,
+            *(["--json", str(out)] if json_out else []),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -575,6 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ledger_bench.py", [*quick_flag, "--pg", admin], workdir
             )
             extras["replay"] = replay_ratio(ledger_json)
+            progress("steps benchmark: independent steps against dependent ones")
+            extras["steps_bench"], _ = run_extra("steps_bench.py", [], workdir, json_out=False)
             progress("transport benchmark: 1, 2 and 4 worker processes")
             extras["transport_bench"], _ = run_extra(
                 "transport_bench.py", [*quick_flag, "--rounds", "1", "--pg", admin], workdir
