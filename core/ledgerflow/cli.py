@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
+audit = logging.getLogger("ledgerflow.audit")
+"""Operators' actions that change what ledgerflow will do (retrying, discarding dead letters)."""
+
 DEFAULT_DB = "sqlite:///ledgerflow.db"
 
 EXIT_INVALID = 1
@@ -547,39 +550,106 @@ def dead_letters_show(settings: _Settings, dead_letter_id: str) -> None:
     _echo_json(_dead_letter_data(_dead_letter(settings, dead_letter_id)))
 
 
-@dead_letters.command("retry")
-@click.argument("dead_letter_id", metavar="ID")
-@pass_settings
-def dead_letters_retry(settings: _Settings, dead_letter_id: str) -> None:
-    """Publish the dead letter's wake-up again; its event is processed if still pending."""
+def _retry_dead_letter(engine: Engine, row: Any, by: str) -> None:
+    """Publish a dead letter's wake-up again and mark it retried, or raise saying why not."""
     from ledgerflow.transports import Wakeup
 
-    row = _dead_letter(settings, dead_letter_id)
     if row.execution_id is None or row.event_id is None or row.tenant is None:
         raise InvalidInputError(
-            f"dead letter {dead_letter_id} is a malformed message with nothing to retry; discard it"
+            f"dead letter {row.id} is a malformed message with nothing to retry; discard it"
         )
     if row.retried_at is not None or row.discarded_at is not None:
-        raise InvalidInputError(f"dead letter {dead_letter_id} was already settled")
-    engine = settings.engine()
+        raise InvalidInputError(f"dead letter {row.id} was already settled")
     engine.transport.publish(
         [Wakeup(execution_id=row.execution_id, tenant=row.tenant, event_id=row.event_id)]
     )
-    engine.store.settle_dead_letter(dead_letter_id, how="retried")
-    click.echo(f"dead letter {dead_letter_id}: wake-up of event {row.event_id} published again")
+    if engine.store.settle_dead_letter(row.id, how="retried"):
+        audit.warning("dead letter %s retried by %s", row.id, by)
+
+
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container, say)
+        return "unknown"
+
+
+by_option = click.option(
+    "--by",
+    "requested_by",
+    default=None,
+    help="Who asks, for the audit log line (default: the login name).",
+)
+
+
+@dead_letters.command("retry")
+@click.argument("dead_letter_id", metavar="ID", required=False)
+@click.option(
+    "--all", "every", is_flag=True, help="Every dead letter not yet settled (malformed skipped)."
+)
+@by_option
+@pass_settings
+def dead_letters_retry(
+    settings: _Settings, dead_letter_id: str | None, every: bool, requested_by: str | None
+) -> None:
+    """Publish the dead letter's wake-up again (or every one's, with --all); its event is
+    processed if still pending. Each retry is logged on ledgerflow.audit."""
+    if every == (dead_letter_id is not None):
+        raise InvalidInputError("name one dead letter ID, or give --all")
+    by = requested_by or _operator()
+    engine = settings.engine()
+    if dead_letter_id is not None:
+        row = _dead_letter(settings, dead_letter_id)
+        _retry_dead_letter(engine, row, by)
+        click.echo(f"dead letter {dead_letter_id}: wake-up of event {row.event_id} published again")
+        return
+    from ledgerflow.progress import track
+
+    rows = engine.store.dead_letter_rows()
+    malformed = [r.id for r in rows if r.execution_id is None or r.event_id is None]
+    retryable = [r for r in rows if r.id not in malformed]
+    for row in track(retryable, total=len(retryable), description="retrying dead letters"):
+        _retry_dead_letter(engine, row, by)
+    click.echo(f"{len(retryable)} dead letter(s) retried: their wake-ups published again")
+    if malformed:
+        click.echo(
+            f"{len(malformed)} malformed dead letter(s) left, with nothing to retry (discard "
+            f"them): {', '.join(malformed)}"
+        )
 
 
 @dead_letters.command("discard")
 @click.argument("dead_letter_id", metavar="ID")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--reason", default=None, help="Why, for the audit log line.")
+@by_option
 @pass_settings
-def dead_letters_discard(settings: _Settings, dead_letter_id: str, yes: bool) -> None:
-    """Mark a dead letter discarded (it stays on record, with when)."""
-    _dead_letter(settings, dead_letter_id)
+def dead_letters_discard(
+    settings: _Settings,
+    dead_letter_id: str,
+    yes: bool,
+    reason: str | None,
+    requested_by: str | None,
+) -> None:
+    """Mark a dead letter discarded (it stays on record, with when), after asking; who and
+    why are logged on ledgerflow.audit."""
+    row = _dead_letter(settings, dead_letter_id)
+    if row.retried_at is not None or row.discarded_at is not None:
+        raise InvalidInputError(f"dead letter {dead_letter_id} was already settled")
     if not yes:
-        click.confirm(f"discard dead letter {dead_letter_id}?", abort=True)
+        click.confirm(f"discard dead letter {dead_letter_id} ({row.reason})?", abort=True)
     if not settings.engine().store.settle_dead_letter(dead_letter_id, how="discarded"):
         raise InvalidInputError(f"dead letter {dead_letter_id} was already settled")
+    audit.warning(
+        "dead letter %s discarded by %s: %s (execution %s, event %s)",
+        dead_letter_id,
+        requested_by or _operator(),
+        reason or "no reason given",
+        row.execution_id or "-",
+        row.event_id or "-",
+    )
     click.echo(f"dead letter {dead_letter_id} discarded")
 
 
