@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TextIO
 
 __all__ = [
     "FIELDS",
@@ -140,7 +140,9 @@ class JsonFormatter(logging.Formatter):
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure(log_format: str = "text", *, level: int = logging.WARNING) -> logging.Handler:
+def configure(
+    log_format: str = "text", *, level: int = logging.WARNING
+) -> logging.StreamHandler[TextIO]:
     """Send the process's log lines to standard error in ``log_format`` (``text`` or
     ``json``) at ``level`` and above, replacing handlers an earlier call installed (calling it
     twice does not print each line twice). Returns the handler installed.
@@ -149,7 +151,7 @@ def configure(log_format: str = "text", *, level: int = logging.WARNING) -> logg
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"unknown log format {log_format!r}; choose one of: text, json")
-    handler = logging.StreamHandler()
+    handler: logging.StreamHandler[TextIO] = logging.StreamHandler()
     handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT))
     handler.set_name("ledgerflow")
