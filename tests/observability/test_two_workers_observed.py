@@ -147,7 +147,7 @@ def test_two_workers_are_seen_counted_and_a_killed_one_is_dead(counting: Engine)
         def drained() -> bool:
             queue = status(db_url)["queue"]
             assert isinstance(queue, dict)
-            return queue["depth"] == 0
+            return bool(queue["depth"] == 0)
 
         wait_for("the queue to drain", drained, 60)
 
