@@ -1,19 +1,23 @@
 """The raw floor: the reference workload with no framework, what this machine can do for it.
 
-The client ``XADD``\\ s each workflow's event (its JSON payload) to one Redis stream. Two
-consumer processes (``python raw_floor.py consume REDIS_URL PG_URL``) each loop: ``XREADGROUP``
-up to 16 entries, for each entry the three writes of :mod:`workload` (A, B, then C), each its
-own autocommitted statement through psycopg, then one ``XACK`` for the batch. No ledger, no
-retries, no recovery of a consumer's pending entries: nothing but the work. It has no steps
-workload.
+The client adds (``XADD``) each workflow's event (its JSON payload) to one Redis stream. Two
+consumer processes (``python raw_floor.py consume REDIS_URL PG_URL``) each run two consumer
+threads, the concurrency ledgerflow's two worker processes of two threads have, so that the
+ratio of the two measures what the framework costs, not a difference in how many commits wait
+on the disk at once. Each thread loops: ``XREADGROUP`` up to 16 entries, for each entry the
+three writes of :mod:`workload` (A, B, then C), each its own autocommitted statement on the
+thread's psycopg connection, then one ``XACK`` for the batch. No ledger, no retries, no
+recovery of a consumer's pending entries: nothing but the work. It has no steps workload.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +29,7 @@ import workload
 STREAM = "raw:invoices"
 GROUP = "raw"
 BATCH = 16
+THREADS = 2
 
 
 def _psycopg(sql: str) -> str:
@@ -74,18 +79,25 @@ class RawFloor:
 
 
 def consume(redis_url: str, pg_url: str) -> None:
-    """A consumer's loop, until SIGTERM."""
-    stopping = False
+    """A consumer process: :data:`THREADS` consumer loops until SIGTERM."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    threads = [
+        threading.Thread(target=consume_loop, args=(redis_url, pg_url, stopping))
+        for _ in range(THREADS)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
+def consume_loop(redis_url: str, pg_url: str, stopping: threading.Event) -> None:
+    """One consumer: read, write, acknowledge, until ``stopping`` is set."""
     client = redis.Redis.from_url(redis_url)
-    consumer = f"c{id(client)}"
+    consumer = f"c{os.getpid()}-{threading.get_ident()}"
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        while not stopping:
+        while not stopping.is_set():
             reply = client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=BATCH, block=200)
             if not reply:
                 continue
