@@ -771,6 +771,14 @@ class Engine:
         event = stored.record
         assert isinstance(event, EventReceived)
         logs.begin_event(stored.event_id, enqueued_at=stored.created_at)
+        self.plugins.notify(
+            "ledgerflow_event_started",
+            execution_id=execution_id,
+            tenant=tenant,
+            event_id=stored.event_id,
+            event=event.name,
+            payload=event.payload,
+        )
         if event.origin == "system" and event.name == RETRY_EVENT:
             plan = self._retry_plan(definition, execution_id, tenant, lease, state, stored)
         else:

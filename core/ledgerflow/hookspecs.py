@@ -155,6 +155,17 @@ def ledgerflow_event_enqueued(execution_id: str, tenant: str, event_id: str, eve
 
 
 @hookspec
+def ledgerflow_event_started(
+    execution_id: str, tenant: str, event_id: str, event: str, payload: Mapping[str, JSON]
+) -> None:
+    """A worker took up an event and is about to decide it (nothing is committed yet; a crash
+    may call it again for the same event). Called in the thread that decides it, whose context
+    the event's steps run in copies of; ``ledgerflow_event_processed`` follows once its outcome
+    is committed. ``payload`` is the event's, as appended (a tracing plugin finds the trace
+    context a client put there)."""
+
+
+@hookspec
 def ledgerflow_event_processed(
     execution_id: str,
     tenant: str,
