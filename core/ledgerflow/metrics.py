@@ -181,6 +181,11 @@ class Metrics:
         """The tenant label's value, when the tenant label is on; else nothing."""
         return (tenant,) if self.tenant_label else ()
 
+    def per_tenant(self, counter: Counter, tenant: str) -> Counter:
+        """``counter`` itself, or its child for ``tenant`` when the tenant label is on (a
+        counter labelled by the tenant alone)."""
+        return counter.labels(tenant) if self.tenant_label else counter
+
     def render(self) -> bytes:
         """The registry in Prometheus' text exposition format."""
         return generate_latest(self.registry)
@@ -202,7 +207,7 @@ class MetricsPlugin:
     @hookimpl
     def ledgerflow_event_enqueued(self, tenant: str) -> None:
         """Count an event appended."""
-        self.metrics.events_enqueued.labels(*self.metrics.tenant(tenant)).inc()
+        self.metrics.per_tenant(self.metrics.events_enqueued, tenant).inc()
 
     @hookimpl
     def ledgerflow_event_processed(
@@ -212,7 +217,7 @@ class MetricsPlugin:
         m = self.metrics
         m.events_processed.labels(status, outcome, *m.tenant(tenant)).inc()
         if status == "failed":
-            m.events_failed.labels(*m.tenant(tenant)).inc()
+            m.per_tenant(m.events_failed, tenant).inc()
         started = logs.event_started()
         if started is not None and logs.current().get("event_id") == event_id:
             taken_up, appended = started

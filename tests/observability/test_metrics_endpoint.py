@@ -126,8 +126,9 @@ def test_counts_match_the_ledger_and_probes_answer(counting_file: Engine) -> Non
         assert total(samples, "ledgerflow_store_up") == 1
         assert total(samples, "ledgerflow_workers", state="stopped") == 1
         assert total(samples, "ledgerflow_worker_leases_held") == 0
-        # enqueued by the test's own process, which serves no metrics here
-        assert total(samples, "ledgerflow_events_enqueued_total") == 0
+        # appended through the engine whose plugins count for this worker
+        assert total(samples, "ledgerflow_events_enqueued_total") == 12
+        assert all(info.errors == () for info in counting_file.plugins.describe())
 
         stopped = httpx.get(f"http://127.0.0.1:{server.port}/healthz")
         assert (stopped.status_code, stopped.json()["worker"]) == (503, "stopping")
@@ -171,6 +172,15 @@ def test_the_tenant_label_is_there_only_when_asked_for(counting_file: Engine) ->
         if s.name == "ledgerflow_events_enqueued_total"
     ]
     assert enqueued == [4.0]  # this process appended them, through the same engine
+    plain_enqueued = [
+        s.value
+        for f in plain.registry.collect()
+        for s in f.samples
+        if s.name == "ledgerflow_events_enqueued_total"
+    ]
+    assert plain_enqueued == [4.0]
+    for info in counting_file.plugins.describe():
+        assert info.errors == (), info  # no hook of either raised
 
 
 def test_readyz_names_a_broker_that_does_not_answer(counting_file: Engine) -> None:
