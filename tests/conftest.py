@@ -21,6 +21,7 @@ from hypothesis import settings
 import invoice_app
 import ledgerflow
 from ledgerflow.engine import Engine
+from ledgerflow.store import ALL_TENANTS
 from ledgerflow.store.schema import metadata
 from ledgerflow.store.sql import SQLStore
 
@@ -52,7 +53,9 @@ PG_ADMIN = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    """A fresh PostgreSQL database for this test session, dropped at the end, reached as a
+    role of its own that is neither a superuser nor exempt from row-level security (the way
+    ledgerflow is meant to be run): every PostgreSQL test runs behind the tenant wall."""
     name = f"ledgerflow_test_{uuid.uuid4().hex[:10]}"
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
@@ -61,14 +64,17 @@ def pg_url() -> Iterator[str]:
             f"PostgreSQL is required for these tests and is not reachable at {PG_ADMIN}: {exc}"
         )
     with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        admin.execute(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOBYPASSRLS')
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+    server = PG_ADMIN.rsplit("/", 1)[0].split("://", 1)[1].split("@")[-1]
+    url = f"postgresql://{name}@{server}/{name}"
     store = SQLStore(url)
     store.upgrade()
     store.close()
     yield url
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'DROP ROLE IF EXISTS "{name}"')
 
 
 def _truncate(url: str) -> None:
@@ -101,7 +107,7 @@ def engine(db_url: str) -> Iterator[Engine]:
     PostgreSQL they outlive a test)."""
     engine = Engine(db_url, snapshot_every=4)
     invoice_app.setup(engine)
-    with engine.store.write() as conn:
+    with engine.store.write(tenant=ALL_TENANTS) as conn:
         for table in reversed(invoice_app.metadata.sorted_tables):
             conn.execute(table.delete())
     yield engine
@@ -115,7 +121,7 @@ def counting(db_url: str) -> Iterator[Engine]:
 
     engine = Engine(db_url)
     counting_app.setup(engine)
-    with engine.store.write() as conn:
+    with engine.store.write(tenant=ALL_TENANTS) as conn:
         conn.execute(counting_app.hits.delete())
     yield engine
     engine.close()

@@ -280,6 +280,8 @@ class CompiledTransition:
     condition: expressions.Expression | None
     assignments: expressions.Template
     steps: tuple[CompiledStep, ...]
+    deadline: expressions.Expression | None = None
+    """The compiled ``at`` expression, if the transition has one."""
 
 
 @attrs.frozen(kw_only=True, eq=False)
@@ -319,6 +321,15 @@ class Definition:
             (ct.transition.on, durations.parse(ct.transition.after))
             for ct in self.transitions
             if ct.transition.after is not None and _leaves(ct.transition, state, self.workflow)
+        )
+
+    def deadlines(self, state: str) -> tuple[tuple[str, expressions.Expression], ...]:
+        """The ``(event, at)`` timers armed while an execution is in ``state``, each firing at
+        the time its expression gives over the context when the state is entered."""
+        return tuple(
+            (ct.transition.on, ct.deadline)
+            for ct in self.transitions
+            if ct.deadline is not None and _leaves(ct.transition, state, self.workflow)
         )
 
     def payload_errors(self, event: str, payload: Mapping[str, JSON]) -> list[str]:
@@ -381,6 +392,7 @@ def compile_workflow(
             condition=None if t.condition is None else expressions.compile_expression(t.condition),
             assignments=expressions.compile_template(dict(t.set)),
             steps=tuple(_compile_step(step) for step in _ordered_steps(t.steps)),
+            deadline=None if t.at is None else expressions.compile_expression(t.at),
         )
         for i, t in enumerate(workflow.transitions)
     )
@@ -524,6 +536,10 @@ def _transition_problems(
             durations.parse(t.after)
         except ValueError as exc:
             yield f"{where} after", str(exc)
+    if t.at is not None:
+        if t.after is not None:
+            yield where, "has both 'after' and 'at'; a timer fires after a delay or at a time"
+        yield from _expression_problem(f"{where} at", t.at)
     yield from _step_problems(where, t.steps, actions)
 
 

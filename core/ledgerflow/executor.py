@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import inspect
 import logging
 import threading
@@ -188,7 +189,9 @@ class GraphRunner:
                         "steps": {k: {"result": v} for k, v in results.items()},
                         "execution": {"id": job.execution_id, "tenant": job.tenant},
                     }
-                    running[pool.submit(self._run_step, job, compiled, variables)] = compiled
+                    # each step runs in the caller's context: its tenant scope, above all
+                    call = contextvars.copy_context().run
+                    running[pool.submit(call, self._run_step, job, compiled, variables)] = compiled
 
             start_ready()
             while running:
@@ -441,7 +444,7 @@ class GraphRunner:
     ) -> tuple[bool, JSON]:
         """Undo a step that declares no compensating action through the plugins' hook, once
         per key: ``(False, None)`` when no plugin knows how."""
-        with _store_errors(), self.store.read() as conn:
+        with _store_errors(), self.store.read(tenant=job.tenant) as conn:
             found, recorded = self.store.action_result(conn, info.key)
         if found:
             return True, recorded
@@ -464,7 +467,7 @@ class GraphRunner:
     def _call(
         self, job: StepJob, step: Step, name: str, params: JSON, key: str, attempt: int
     ) -> JSON:
-        with _store_errors(), self.store.read() as conn:
+        with _store_errors(), self.store.read(tenant=job.tenant) as conn:
             found, recorded = self.store.action_result(conn, key)
         if found:
             return recorded
@@ -532,7 +535,7 @@ class GraphRunner:
         assert action.isolation is not None
         for retry in range(_TRANSACTION_RETRIES):
             try:
-                with self.store.write(action.isolation.value) as conn:
+                with self.store.write(action.isolation.value, tenant=job.tenant) as conn:
                     context = self._context(job, step, key, attempt, conn)
                     result = self._invoke(action, validated, context)
                     if job.fence is not None:
@@ -541,7 +544,7 @@ class GraphRunner:
                 return result
             except sa.exc.IntegrityError:
                 # two runners raced on this key: the committed one is the result (and effect)
-                with _store_errors(), self.store.read() as conn:
+                with _store_errors(), self.store.read(tenant=job.tenant) as conn:
                     found, recorded = self.store.action_result(conn, key)
                 if found:
                     return recorded
@@ -559,12 +562,12 @@ class GraphRunner:
     def _record(self, job: StepJob, key: str, result: JSON, record: dict[str, Any]) -> JSON:
         """Record a plain action's result; the first result recorded under a key wins."""
         try:
-            with _store_errors(), self.store.write() as conn:
+            with _store_errors(), self.store.write(tenant=job.tenant) as conn:
                 if job.fence is not None:
                     job.fence(conn)
                 self.store.insert_action_result(conn, result=result, **record)
         except sa.exc.IntegrityError:
-            with _store_errors(), self.store.read() as conn:
+            with _store_errors(), self.store.read(tenant=job.tenant) as conn:
                 _, result = self.store.action_result(conn, key)
         return result
 

@@ -41,6 +41,7 @@ __all__ = [
     "Expression",
     "ExpressionFunction",
     "Template",
+    "as_moment",
     "compile_expression",
     "compile_template",
     "is_expression",
@@ -176,6 +177,24 @@ class Expression:
             raise ExpressionError(message, source=self.source)
         return _to_json(value.plain_value(), self.source)
 
+    def moment(self, variables: Mapping[str, Any]) -> float | None:
+        """The point in time the expression gives over ``variables``, in seconds since the
+        epoch, or ``None`` for ``null``. A timestamp, an ISO 8601 string (UTC unless it says
+        otherwise) and a number of seconds since the epoch are times.
+
+        Raises :class:`ExpressionError` if evaluation fails or the value is none of those.
+        """
+        _refuse_nul(variables, self.source)
+        try:
+            value = self._program.eval(data=dict(variables))
+        except (RuntimeError, TypeError, ValueError) as exc:
+            _raise_interruption()
+            raise ExpressionError(" ".join(str(exc).split()), source=self.source) from exc
+        _raise_interruption()
+        if value.type() == cel.Type.ERROR:
+            raise ExpressionError(str(value.value()), source=self.source)
+        return as_moment(value.plain_value(), self.source)
+
     def test(self, variables: Mapping[str, Any]) -> bool:
         """Whether the expression, a condition, holds over ``variables``.
 
@@ -220,6 +239,30 @@ def compile_expression(source: str) -> Expression:
     except RuntimeError as exc:
         raise _compile_error(source, str(exc)) from None
     return Expression(source, program, environment.functions)
+
+
+def as_moment(value: Any, source: str = "") -> float | None:
+    """``value`` as seconds since the epoch, or ``None`` for ``None``: a datetime, an ISO 8601
+    string (UTC unless it says otherwise) or a number of seconds since the epoch. Raises
+    :class:`ExpressionError` for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            raise ExpressionError(f"{value!r} is not an ISO 8601 time", source=source) from None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.UTC)
+        return float(value.timestamp())
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ExpressionError(
+        f"a time must be a timestamp, an ISO 8601 string or seconds since the epoch, "
+        f"not {_json_type(value)}",
+        source=source,
+    )
 
 
 def _refuse_nul(value: Any, source: str) -> None:

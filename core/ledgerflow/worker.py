@@ -65,6 +65,11 @@ class Worker:
     ``heartbeat_interval`` seconds it records a heartbeat (``ledgerflow workers``). Due
     timers are fired every ``timer_interval`` seconds (default: ``poll_interval``), by
     whichever thread comes first; their events are then processed like any other.
+
+    ``tenant_limit`` caps how many executions of one tenant the workers sharing the database
+    hold at once (counted over their live leases), so one noisy tenant cannot take every
+    worker: wake-ups are then taken round-robin across tenants, and a received wake-up of a
+    tenant at its limit goes back to the end of the broker's queue.
     """
 
     def __init__(
@@ -81,11 +86,14 @@ class Worker:
         heartbeat_interval: float = 5.0,
         health_file: str | None = None,
         timer_interval: float | None = None,
+        tenant_limit: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if lease_ttl <= 0 or poll_interval <= 0:
             raise ValueError("lease_ttl and poll_interval must be positive")
+        if tenant_limit is not None and tenant_limit < 1:
+            raise ValueError("tenant_limit must be at least 1")
         if engine.store.in_memory:
             raise ValueError(
                 "an in-memory SQLite database has a single connection and cannot serve a "
@@ -98,6 +106,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.sweep_interval = sweep_interval
         self.timer_interval = poll_interval if timer_interval is None else timer_interval
+        self.tenant_limit = tenant_limit
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # the engine's transport is the engine's to close; one built here is this worker's
         self._owns_transport = broker is not None
@@ -240,7 +249,7 @@ class Worker:
         left: list[str] = []
         for execution_id in dict.fromkeys(w.execution_id for w in wakeups):
             tenant = next(w.tenant for w in wakeups if w.execution_id == execution_id)
-            token = self.store.take_lease(execution_id, self.id, self.lease_ttl)
+            token = self.store.take_lease(execution_id, self.id, self.lease_ttl, tenant=tenant)
             if token is None or not self._run_leased(execution_id, tenant, token):
                 left.append(execution_id)
         return left
@@ -302,14 +311,16 @@ class Worker:
                 except Exception as exc:
                     self._broker_down(exc)
                     # meanwhile, work comes from the outbox, as with the database transport
-                    claimed = self.store.claim(self.id, self.lease_ttl)
+                    claimed = self.store.claim(
+                        self.id, self.lease_ttl, tenant_limit=self.tenant_limit
+                    )
                 else:
                     with self._lock:
                         self._broker_failures = 0
                     if received:
                         return True
             else:
-                claimed = self.store.claim(self.id, self.lease_ttl)
+                claimed = self.store.claim(self.id, self.lease_ttl, tenant_limit=self.tenant_limit)
             if claimed is None and time.monotonic() - self._last_sweep >= self.sweep_interval:
                 self._last_sweep = time.monotonic()
                 claimed = self._sweep()
@@ -385,7 +396,18 @@ class Worker:
             return
         if self._stopping.is_set():
             return  # not acknowledged: another worker takes it over
-        token = self.store.take_lease(wakeup.execution_id, self.id, self.lease_ttl)
+        if self.tenant_limit is not None and self.store.tenant_at_limit(
+            wakeup.tenant, self.tenant_limit
+        ):
+            # to the back of the queue: the tenant's running executions come first, and the
+            # wake-ups of other tenants behind this one are not held back by it
+            self.broker.publish([wakeup])
+            self.broker.ack([delivery])
+            self._stopping.wait(min(0.05, self.poll_interval))
+            return
+        token = self.store.take_lease(
+            wakeup.execution_id, self.id, self.lease_ttl, tenant=wakeup.tenant
+        )
         if token is None:
             # the holder acts on it: it looks for unhandled wake-ups before giving the lease up
             self.broker.ack([delivery])
@@ -474,7 +496,7 @@ class Worker:
     def _sweep(self) -> tuple[str, str, int] | None:
         """Find an undecided event whose wake-up was lost, and take its execution."""
         for execution_id, tenant in self.store.pending_executions(self.concurrency * 4):
-            token = self.store.take_lease(execution_id, self.id, self.lease_ttl)
+            token = self.store.take_lease(execution_id, self.id, self.lease_ttl, tenant=tenant)
             if token is not None:
                 return execution_id, tenant, token
         return None

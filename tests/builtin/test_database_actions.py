@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from ledgerflow import definitions
 from ledgerflow.engine import Engine
+from ledgerflow.store import ALL_TENANTS
 from ledgerflow.worker import Worker
 
 invoices = sa.Table(
@@ -104,7 +105,7 @@ def books(db_url: str) -> Iterator[Engine]:
 
 
 def rows(engine: Engine) -> list[tuple[Any, ...]]:
-    with engine.store.read() as conn:
+    with engine.store.read(tenant=ALL_TENANTS) as conn:
         return [tuple(r) for r in conn.execute(sa.select(invoices).order_by(invoices.c.tenant))]
 
 

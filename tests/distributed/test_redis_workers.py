@@ -23,6 +23,7 @@ from ledgerflow_redis.transport import RedisTransport
 
 from apps import counting_app
 from ledgerflow.engine import Engine
+from ledgerflow.store import ALL_TENANTS
 
 TESTS = Path(__file__).resolve().parents[1]
 TENANT = "acme"
@@ -93,7 +94,7 @@ def stop(workers: list[subprocess.Popen[str]]) -> None:
 
 
 def pending(engine: Engine, executions: list[str]) -> int:
-    with engine.store.read() as conn:
+    with engine.store.read(tenant=ALL_TENANTS) as conn:
         return int(
             conn.execute(
                 sa.text(
@@ -126,7 +127,7 @@ def enqueue(engine: Engine, executions: list[str], per_execution: int) -> None:
 
 
 def check_exactly_once_in_order(engine: Engine, executions: list[str], per_execution: int) -> None:
-    with engine.store.read() as conn:
+    with engine.store.read(tenant=ALL_TENANTS) as conn:
         rows = conn.execute(
             sa.select(counting_app.hits)
             .where(counting_app.hits.c.execution_id.in_(executions))
@@ -218,7 +219,7 @@ def test_redis_restarted_without_persistence_loses_nothing(
         wait_until_done(ledger, executions, 180)
     finally:
         stop(workers)
-    with ledger.store.read() as conn:
+    with ledger.store.read(tenant=ALL_TENANTS) as conn:
         count = conn.execute(
             sa.select(sa.func.count())
             .select_from(counting_app.hits)

@@ -11,6 +11,7 @@ from typing import Any
 import invoice_app
 from ledgerflow import StepCompensated, StepFailed, StepSucceeded
 from ledgerflow.engine import Engine, HistoryEntry
+from ledgerflow.store import ALL_TENANTS
 from ledgerflow.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +112,7 @@ def test_the_tables_are_scoped_to_the_tenant(engine: Engine) -> None:
 def test_a_payment_that_cannot_be_scheduled_puts_the_invoice_back(engine: Engine) -> None:
     execution_id = submitted(engine)
     # a payment for this invoice exists already: schedule_payment's insert fails
-    with engine.store.write() as conn:
+    with engine.store.write(tenant=ALL_TENANTS) as conn:
         conn.execute(
             invoice_app.payments.insert().values(
                 tenant=TENANT, invoice_id="INV-1", amount=1, currency="USD", status="scheduled"
@@ -140,7 +141,7 @@ def test_a_compensated_escalated_approval_goes_back_to_escalated(engine: Engine)
     drain(engine)
     [row] = invoice_app.rows(engine, TENANT)["invoices"]
     assert row["status"] == "escalated"
-    with engine.store.write() as conn:
+    with engine.store.write(tenant=ALL_TENANTS) as conn:
         conn.execute(
             invoice_app.payments.insert().values(
                 tenant=TENANT, invoice_id="INV-1", amount=1, currency="USD", status="scheduled"
@@ -149,7 +150,7 @@ def test_a_compensated_escalated_approval_goes_back_to_escalated(engine: Engine)
     approve(engine, execution_id, role="director")
     [row] = invoice_app.rows(engine, TENANT)["invoices"]
     assert (row["status"], row["approved_by"]) == ("escalated", None)
-    with engine.store.write() as conn:
+    with engine.store.write(tenant=ALL_TENANTS) as conn:
         conn.execute(invoice_app.payments.delete())
     approve(engine, execution_id, role="director")
     [row] = invoice_app.rows(engine, TENANT)["invoices"]

@@ -55,9 +55,11 @@ class CountingStore(SQLStore):
     writes = 0
 
     @contextlib.contextmanager
-    def write(self, isolation: str | None = None) -> Iterator[Connection]:
+    def write(
+        self, isolation: str | None = None, *, tenant: str | None = None
+    ) -> Iterator[Connection]:
         self.writes += 1
-        with super().write(isolation) as conn:
+        with super().write(isolation, tenant=tenant) as conn:
             yield conn
 
 

@@ -21,6 +21,7 @@ from ledgerflow.errors import (
     SchemaError,
     WorkflowNotFoundError,
 )
+from ledgerflow.store import ALL_TENANTS
 from ledgerflow.store.sql import SQLStore
 from ledgerflow.worker import Worker
 
@@ -159,7 +160,7 @@ def test_redelivered_wakeups_change_nothing(engine: Engine) -> None:
     before = engine.history(execution_id, tenant=TENANT)
     counts = engine.store.row_counts()
     # the same wake-up delivered again, and a worker processing the execution again
-    with engine.store.write() as conn:
+    with engine.store.write(tenant=ALL_TENANTS) as conn:
         conn.execute(
             sa.text("UPDATE lf_outbox SET published_at = NULL WHERE execution_id = :id"),
             {"id": execution_id},

@@ -15,13 +15,14 @@ from ledgerflow.engine import Engine
 from ledgerflow.errors import LeaseLostError
 from ledgerflow.executor import GraphRunner, StepJob
 from ledgerflow.registry import ActionContext
+from ledgerflow.store import ALL_TENANTS
 from ledgerflow.worker import Worker
 
 TENANT = "acme"
 
 
 def hit_count(engine: Engine) -> int:
-    with engine.store.read() as conn:
+    with engine.store.read(tenant=ALL_TENANTS) as conn:
         return int(
             conn.execute(sa.select(sa.func.count()).select_from(counting_app.hits)).scalar_one()
         )
@@ -56,7 +57,7 @@ def test_a_database_action_of_a_worker_that_lost_its_lease_commits_nothing(
     with pytest.raises(LeaseLostError):
         runner.run(job(counting, "x1", fence=lost))
     assert hit_count(counting) == 0
-    with counting.store.read() as conn:
+    with counting.store.read(tenant=ALL_TENANTS) as conn:
         assert counting.store.action_result(conn, "x1:e1:hit") == (False, None)
 
 
@@ -112,7 +113,7 @@ def test_a_failing_execution_neither_spins_nor_blocks_the_others(counting: Engin
 def test_wakeups_of_undecided_events_stay_unhandled(counting: Engine) -> None:
     execution_id = counting.create_execution("Counting", tenant=TENANT)
     counting.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": 1})
-    with counting.store.write() as conn:
+    with counting.store.write(tenant=ALL_TENANTS) as conn:
         counting.store.mark_handled(conn, execution_id)
     claimed = counting.store.claim("w", 30)
     assert claimed is not None
@@ -162,7 +163,7 @@ def test_a_claim_never_deadlocks_with_a_late_worker_committing(pg_url: str) -> N
 
         def late_commit() -> None:
             try:
-                with store.write() as conn:
+                with store.write(tenant=ALL_TENANTS) as conn:
                     store.fence(conn, execution_id, "late", token, 5.0)
                     time.sleep(0.5)  # the claim runs meanwhile
                     store.mark_handled(conn, execution_id)

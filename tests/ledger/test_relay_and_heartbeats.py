@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ledgerflow.engine import Engine
+from ledgerflow.store import ALL_TENANTS
 from ledgerflow.worker import Worker
 
 TENANT = "acme"
@@ -132,7 +133,7 @@ def test_workers_report_heartbeats_and_are_listed_running_stopped_or_dead(tmp_pa
                     "errors": 0,
                 }
             )
-            with engine.store.write() as conn:
+            with engine.store.write(tenant=ALL_TENANTS) as conn:
                 conn.exec_driver_sql(
                     "UPDATE lf_workers SET last_beat = 1000 WHERE id = 'lost-worker'"
                 )

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from apps import counting_app
 from ledgerflow.engine import Engine
+from ledgerflow.store import ALL_TENANTS
 
 TESTS = Path(__file__).resolve().parents[1]
 TENANT = "acme"
@@ -44,7 +45,7 @@ def worker(db_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
 
 
 def listening(engine: Engine) -> bool:
-    with engine.store.read() as conn:
+    with engine.store.read(tenant=ALL_TENANTS) as conn:
         found = conn.execute(
             sa.text(
                 "SELECT count(*) FROM pg_stat_activity "
@@ -55,7 +56,7 @@ def listening(engine: Engine) -> bool:
 
 
 def held(engine: Engine, execution_id: str) -> bool:
-    with engine.store.read() as conn:
+    with engine.store.read(tenant=ALL_TENANTS) as conn:
         expires = conn.execute(
             sa.text("SELECT expires_at FROM lf_leases WHERE execution_id = :id"),
             {"id": execution_id},
@@ -64,7 +65,7 @@ def held(engine: Engine, execution_id: str) -> bool:
 
 
 def hit_rows(engine: Engine) -> list[sa.Row[tuple[object, ...]]]:
-    with engine.store.read() as conn:
+    with engine.store.read(tenant=ALL_TENANTS) as conn:
         return list(
             conn.execute(sa.select(counting_app.hits).order_by(counting_app.hits.c.started))
         )
@@ -182,7 +183,7 @@ def test_a_stopping_worker_keeps_its_lease_until_the_event_is_committed(
     # PostgreSQL only: on SQLite the action's open write transaction blocks any rival anyway
     counting = Engine(pg_url)
     counting_app.setup(counting)
-    with counting.store.write() as conn:
+    with counting.store.write(tenant=ALL_TENANTS) as conn:
         conn.execute(counting_app.hits.delete())
     execution_id = counting.create_execution("Counting", tenant=TENANT)
     event_id = counting.enqueue_event(execution_id, "Hit", tenant=TENANT, payload={"n": 1})

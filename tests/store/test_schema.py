@@ -12,7 +12,7 @@ from alembic.migration import MigrationContext
 
 from ledgerflow.breakers import BreakerPolicy, CircuitBreakers
 from ledgerflow.errors import SchemaError
-from ledgerflow.store import schema
+from ledgerflow.store import ALL_TENANTS, schema
 from ledgerflow.store.schema import metadata
 from ledgerflow.store.sql import SQLStore
 
@@ -48,18 +48,18 @@ def test_a_database_at_0001_upgrades_to_the_circuit_breakers_and_keeps_its_rows(
     store = SQLStore(f"sqlite:///{tmp_path}/old.db")
     _migrate(store, "0001")
     assert store.revision() == "0001"
-    with pytest.raises(SchemaError, match="needs revision 0004"):
+    with pytest.raises(SchemaError, match="needs revision 0005"):
         store.check_schema()
-    with store.write() as conn:
+    with store.write(tenant=ALL_TENANTS) as conn:
         store.insert_definition(conn, "W", 1, {"name": "W"}, "h")
-    assert store.upgrade() == "0004"
+    assert store.upgrade() == "0005"
     store.check_schema()
     assert store.definition_body("W", 1) == {"name": "W"}
     CircuitBreakers(store).failure("a", BreakerPolicy(), "boom")
     assert store.row_counts()["lf_circuit_breakers"] == 1
     _migrate(store, "0001", down=True)
     assert store.revision() == "0001"
-    with store.read() as conn:
+    with store.read(tenant=ALL_TENANTS) as conn:
         assert not sa.inspect(conn).has_table("lf_circuit_breakers")
         assert not sa.inspect(conn).has_table("lf_dead_letters")
         assert "relayed_at" not in {c["name"] for c in sa.inspect(conn).get_columns("lf_outbox")}
@@ -69,12 +69,12 @@ def test_a_database_at_0001_upgrades_to_the_circuit_breakers_and_keeps_its_rows(
 def test_a_database_at_0003_upgrades_to_the_timers_and_back(tmp_path: Path) -> None:
     store = SQLStore(f"sqlite:///{tmp_path}/old.db")
     _migrate(store, "0003")
-    with store.write() as conn:
+    with store.write(tenant=ALL_TENANTS) as conn:
         store.insert_definition(conn, "W", 1, {"name": "W"}, "h")
-    assert store.upgrade() == "0004"
+    assert store.upgrade() == "0005"
     assert store.row_counts()["lf_timers"] == 0
     assert store.definition_body("W", 1) == {"name": "W"}
     _migrate(store, "0003", down=True)
-    with store.read() as conn:
+    with store.read(tenant=ALL_TENANTS) as conn:
         assert not sa.inspect(conn).has_table("lf_timers")
     store.close()

@@ -13,6 +13,7 @@ from ledgerflow import Engine, StepFailed, StepSucceeded
 from ledgerflow.errors import LeaseLostError
 from ledgerflow.model import State, Status
 from ledgerflow.registry import ActionContext, ActionRegistry, Isolation
+from ledgerflow.store import ALL_TENANTS
 from ledgerflow.testing import (
     Clock,
     Crash,
@@ -52,7 +53,7 @@ def with_database_action(engine: Engine) -> None:
 
 
 def rows(harness: Harness) -> int:
-    with harness.store.read() as conn:
+    with harness.store.read(tenant=ALL_TENANTS) as conn:
         return int(conn.scalar(sa.select(sa.func.count()).select_from(effects_table)) or 0)
 
 
@@ -207,7 +208,7 @@ def test_a_broken_projection_is_caught_by_check(harness: Harness) -> None:
         seq=found.seq,
         decided_seq=found.decided_seq,
     )
-    with harness.store.write() as conn:
+    with harness.store.write(tenant=ALL_TENANTS) as conn:
         harness.store.save_projection(conn, x, wrong)
     with pytest.raises(AssertionError, match="is not the state replayed from the ledger"):
         harness.check(x)
@@ -276,5 +277,5 @@ def test_a_lease_lost_without_a_fault_is_not_hidden(harness: Harness) -> None:
     assert harness.process() == 0  # held by another worker: left for later
     harness.advance(31)
     assert harness.process() == 1
-    with pytest.raises(LeaseLostError), harness.store.write() as conn:
+    with pytest.raises(LeaseLostError), harness.store.write(tenant=ALL_TENANTS) as conn:
         harness.store.fence(conn, x, owner, token, 30)

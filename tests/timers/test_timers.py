@@ -14,6 +14,7 @@ import invoice_app
 from ledgerflow import definitions
 from ledgerflow.engine import Engine, Timer
 from ledgerflow.model import EventReceived
+from ledgerflow.store import ALL_TENANTS
 from ledgerflow.worker import Worker
 
 TENANT = "acme"
@@ -68,7 +69,7 @@ def timed(db_url: str, clock: Clock) -> Iterator[Engine]:
     """An engine on ``db_url`` whose store and engine read ``clock``, with InvoiceApproval
     (its tables emptied) and the Nagging workflow registered."""
     engine = make_engine(db_url, clock)
-    with engine.store.write() as conn:
+    with engine.store.write(tenant=ALL_TENANTS) as conn:
         for table in reversed(invoice_app.metadata.sorted_tables):
             conn.execute(table.delete())
     yield engine
@@ -298,14 +299,14 @@ def test_a_timer_event_is_trusted_for_roles_and_keyed_by_its_timer(
     clock.advance(48 * HOUR)
     assert timed.fire_due_timers() == 1
     (timer,) = timed.timers(execution_id, tenant=TENANT)
-    with timed.store.read() as conn:
+    with timed.store.read(tenant=ALL_TENANTS) as conn:
         key = conn.execute(
             sa.text("SELECT client_key FROM lf_events WHERE event_id = :id"),
             {"id": timer.fired_event_id},
         ).scalar()
     assert key == f"ledgerflow.timer:{timer.id}"
     # a crash after the append but before the mark cannot append twice: the key dedupes
-    with timed.store.write() as conn:
+    with timed.store.write(tenant=ALL_TENANTS) as conn:
         conn.execute(
             sa.text("UPDATE lf_timers SET state = 'armed', fired_at = NULL WHERE id = :id"),
             {"id": timer.id},

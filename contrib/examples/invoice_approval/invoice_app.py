@@ -65,9 +65,15 @@ payments = sa.Table(
 
 
 def setup(engine: Engine) -> None:
-    """Create the ``invoices`` and ``payments`` tables if they are missing and register the
-    InvoiceApproval workflow (registering the same version again changes nothing)."""
-    metadata.create_all(engine.store.engine, checkfirst=True)
+    """Create the ``invoices`` and ``payments`` tables if they are missing, behind the tenant
+    wall on PostgreSQL, and register the InvoiceApproval workflow (registering the same
+    version again changes nothing)."""
+    from ledgerflow.store import tenant_wall
+
+    with engine.store.write() as conn:
+        metadata.create_all(conn, checkfirst=True)
+        for table in metadata.sorted_tables:
+            tenant_wall(conn, table)
     engine.register(DEFINITION)
 
 
@@ -75,7 +81,7 @@ def rows(engine: Engine, tenant: str) -> dict[str, list[dict[str, Any]]]:
     """The rows of ``invoices`` and ``payments`` that belong to ``tenant``, in key order, as
     JSON values."""
     found: dict[str, list[dict[str, Any]]] = {}
-    with engine.store.read() as conn:
+    with engine.store.read(tenant=tenant) as conn:
         for table in (invoices, payments):
             query = sa.select(table).where(table.c.tenant == tenant)
             found[table.name] = [

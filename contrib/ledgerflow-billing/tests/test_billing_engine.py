@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from ledgerflow import Engine
 from ledgerflow.plugins import DISABLE_ENV
+from ledgerflow.store import ALL_TENANTS
 from ledgerflow.testing import Harness
 
 import ledgerflow_billing
@@ -114,7 +115,7 @@ def test_invoice_tax_and_credit_notes_end_to_end(ledgerflow_harness: Harness) ->
             "remaining": 232.86,
         },
     ]
-    with harness.store.read() as conn:
+    with harness.store.read(tenant=ALL_TENANTS) as conn:
         rows = conn.execute(
             sa.select(credit_notes.c.number, credit_notes.c.amount, credit_notes.c.reason)
             .where(credit_notes.c.tenant == tenant)
@@ -143,7 +144,7 @@ def test_a_credit_above_the_invoice_fails_once_without_retries(
     ]
     assert failed.error.startswith("CreditExceedsInvoiceError: invoice INV-8 (tenant")
     assert "at most 11.90 can still be credited" in failed.error
-    with harness.store.read() as conn:
+    with harness.store.read(tenant=ALL_TENANTS) as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(credit_notes)) == 0
 
 

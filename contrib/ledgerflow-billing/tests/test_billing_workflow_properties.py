@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 from ledgerflow import load
+from ledgerflow.store import ALL_TENANTS
 from ledgerflow.testing import Harness, Observation, check_workflow
 
 import ledgerflow_billing
@@ -43,7 +44,7 @@ credits = st.fixed_dictionaries(
 
 def notes(harness: Harness) -> list[dict[str, Any]]:
     """The effects: the credit notes of the harness's tenant, by number."""
-    with harness.store.read() as conn:
+    with harness.store.read(tenant=ALL_TENANTS) as conn:
         rows = conn.execute(
             sa.select(credit_notes.c.number, credit_notes.c.invoice_id, credit_notes.c.amount)
             .where(credit_notes.c.tenant == harness.tenant)

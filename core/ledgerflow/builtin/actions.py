@@ -16,13 +16,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from ledgerflow import durations
 from ledgerflow.errors import InvalidParametersError
+from ledgerflow.expressions import as_moment
 from ledgerflow.model import JSON, EventReceived
 from ledgerflow.notifiers import LogNotifier, Notifier
 from ledgerflow.registry import ActionContext, ActionRegistry, Isolation, Param
@@ -298,6 +301,81 @@ def register_emit_event(registry: ActionRegistry, engine: Engine) -> None:
         ],
         Isolation.READ_COMMITTED,
         emit,
+    )
+
+
+def register_schedule_event(registry: ActionRegistry, engine: Engine) -> None:
+    """Register ``ledgerflow.schedule_event``: have this execution receive an event later,
+    ``after`` a duration or ``at`` a time, exactly once.
+
+    The timer is a row of the ledger's database written in the step's own transaction, so it
+    exists exactly when the step's result does, and it is keyed by the step's idempotency key.
+    The event is checked now like a client's (known to the execution's workflow version,
+    payload valid), is appended by a worker when due, whatever state the execution is in then
+    (a transition that does not take it rejects it), and is sent by the timer, so roles do not
+    apply to it. The timer is cancelled only if the execution completes first.
+    """
+
+    def schedule(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        conn = context.connection
+        assert conn is not None
+        event, payload, after, at = (
+            params["event"],
+            params["payload"],
+            params["after"],
+            params["at"],
+        )
+        if bool(after) == (at is not None):
+            raise ValueError(
+                "give either 'after' (a duration) or 'at' (a time), not both or neither"
+            )
+        row = engine.store.execution_row(conn, context.execution_id, context.tenant)
+        if row is None:
+            raise ValueError(f"execution {context.execution_id} not found")
+        engine.check_event(engine.definition(row.workflow, row.version), event, payload)
+        if after:
+            due = engine.store.clock() + durations.parse(after)
+        else:
+            moment = as_moment(at, "at")
+            if moment is None:  # pragma: no cover - None was refused above
+                raise ValueError("'at' is required")
+            due = moment
+        timer_id = hashlib.sha256(context.idempotency_key.encode()).hexdigest()[:32]
+        engine.store.schedule_timer(
+            conn, timer_id, context.execution_id, context.tenant, event, due, payload
+        )
+        return {"timer_id": timer_id, "event": event, "due_at": due}
+
+    registry.register_database_action(
+        "ledgerflow.schedule_event",
+        "Have this execution receive an event later, after a duration or at a time, exactly once.",
+        [
+            Param(name="event", type="string", description="The event's name."),
+            Param(
+                name="payload",
+                type="object",
+                required=False,
+                default={},
+                description="Its payload.",
+            ),
+            Param(
+                name="after",
+                type="string",
+                required=False,
+                default="",
+                description="How long from now: a duration such as 48h or PT48H.",
+            ),
+            Param(
+                name="at",
+                type="any",
+                required=False,
+                default=None,
+                description="When: an ISO 8601 time (UTC unless it says otherwise) or seconds "
+                "since the epoch.",
+            ),
+        ],
+        Isolation.READ_COMMITTED,
+        schedule,
     )
 
 

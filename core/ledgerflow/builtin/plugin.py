@@ -7,7 +7,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ledgerflow import logs
-from ledgerflow.builtin.actions import register_builtin_actions, register_emit_event
+from ledgerflow.builtin.actions import (
+    register_builtin_actions,
+    register_emit_event,
+    register_schedule_event,
+)
 from ledgerflow.hookspecs import StepInfo, hookimpl
 from ledgerflow.model import JSON
 from ledgerflow.notifiers import LogNotifier, Notifier
@@ -24,6 +28,7 @@ def ledgerflow_register_actions(registry: ActionRegistry, engine: Engine) -> Non
     """The built-in actions; ``ledgerflow.notify`` sends through the engine's notifiers."""
     register_builtin_actions(registry, engine.notifiers)
     register_emit_event(registry, engine)
+    register_schedule_event(registry, engine)
 
 
 @hookimpl

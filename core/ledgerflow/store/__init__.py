@@ -1,5 +1,23 @@
 """Where ledgers live: the SQL store for SQLite (embedded, the default) and PostgreSQL."""
 
-from ledgerflow.store.sql import NOTIFY_CHANNEL, SQLStore, StoredRecord, normalise_url
+from ledgerflow.store.sql import (
+    ALL_TENANTS,
+    NOTIFY_CHANNEL,
+    SQLStore,
+    StoredRecord,
+    current_tenant_scope,
+    normalise_url,
+    tenant_scope,
+    tenant_wall,
+)
 
-__all__ = ["NOTIFY_CHANNEL", "SQLStore", "StoredRecord", "normalise_url"]
+__all__ = [
+    "ALL_TENANTS",
+    "NOTIFY_CHANNEL",
+    "SQLStore",
+    "StoredRecord",
+    "current_tenant_scope",
+    "normalise_url",
+    "tenant_scope",
+    "tenant_wall",
+]

@@ -142,6 +142,9 @@ leases = sa.Table(
     # the fencing token: grows by one at every take-over, checked at every commit
     sa.Column("token", BIGINT, nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),
+    # whose execution: per-tenant limits count the live leases of a tenant
+    sa.Column("tenant", TENANT),
+    sa.Index("ix_lf_leases_tenant_expires_at", "tenant", "expires_at"),
 )
 
 snapshots = sa.Table(
@@ -224,6 +227,11 @@ timers = sa.Table(
     sa.Column("fired_at", sa.Double),
     sa.Column("cancelled_at", sa.Double),
     sa.Column("fired_event_id", ID),
+    # "state": armed by entering a state, cancelled on leaving it; "step": scheduled by a
+    # step, cancelled only when the execution completes
+    sa.Column("kind", sa.String(16), nullable=False, server_default="state"),
+    # the payload of the event a step scheduled (state timers' events have none)
+    sa.Column("payload", JSONB),
     # only armed timers are ever searched, by due time (workers) or by execution (cancelling)
     sa.Index(
         "ix_lf_timers_armed_due_at",

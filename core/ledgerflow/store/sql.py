@@ -10,9 +10,10 @@ claims use ``FOR UPDATE SKIP LOCKED``, and enqueued events ``NOTIFY`` waiting wo
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,87 @@ from ledgerflow.store.schema import (
     workers,
 )
 
-__all__ = ["NOTIFY_CHANNEL", "SQLStore", "StoredRecord", "normalise_url"]
+__all__ = [
+    "ALL_TENANTS",
+    "NOTIFY_CHANNEL",
+    "SQLStore",
+    "StoredRecord",
+    "current_tenant_scope",
+    "normalise_url",
+    "tenant_scope",
+    "tenant_wall",
+]
 
 NOTIFY_CHANNEL = "ledgerflow_wakeup"
+
+ALL_TENANTS = "*"
+"""The scope of the work that crosses tenants by nature (claiming wake-ups, relaying the
+outbox, firing due timers, dead letters): never a tenant's name."""
+
+_TENANT_SCOPE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "ledgerflow_tenant_scope", default=None
+)
+_SET_TENANT = sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)")
+
+
+@contextlib.contextmanager
+def tenant_scope(tenant: str) -> Iterator[None]:
+    """Within the block, every store transaction of this thread (or task) that names no
+    tenant of its own acts for ``tenant``: on PostgreSQL, row-level security shows and lets it
+    change only that tenant's rows (:data:`ALL_TENANTS` lifts the wall, for work that crosses
+    tenants). Scopes nest; the innermost wins."""
+    token = _TENANT_SCOPE.set(tenant)
+    try:
+        yield
+    finally:
+        _TENANT_SCOPE.reset(token)
+
+
+def tenant_wall(conn: Connection, table: sa.Table | str, *, column: str = "tenant") -> bool:
+    """Put ledgerflow's tenant wall on an application table: on PostgreSQL, enable (and force,
+    for its owner too) row-level security with a policy that shows and lets a transaction
+    change only the rows whose ``column`` is the tenant it acts for (:func:`tenant_scope`, and
+    every transaction of a step). Database actions then cannot read or write another
+    tenant's rows even when a query forgets to filter. Returns ``True`` if the policy was
+    created, ``False`` if it was there already or the database is not PostgreSQL (SQLite has
+    no row-level security: there the queries' own scoping is the only wall).
+
+    Run it once, when the table is created, by a role that owns the table.
+    """
+    if conn.dialect.name != "postgresql":
+        return False
+    name = table if isinstance(table, str) else table.name
+    present = conn.execute(
+        sa.text(
+            "SELECT 1 FROM pg_policies WHERE tablename = :table "
+            "AND policyname = 'ledgerflow_tenant_wall' AND schemaname = current_schema()"
+        ),
+        {"table": name},
+    ).first()
+    if present is not None:
+        return False
+    quote = conn.dialect.identifier_preparer.quote
+    rule = (
+        f"{quote(column)} = current_setting('ledgerflow.tenant', true) "
+        "OR current_setting('ledgerflow.tenant', true) = '*'"
+    )
+    conn.exec_driver_sql(f"ALTER TABLE {quote(name)} ENABLE ROW LEVEL SECURITY")
+    conn.exec_driver_sql(f"ALTER TABLE {quote(name)} FORCE ROW LEVEL SECURITY")
+    conn.exec_driver_sql(
+        f"CREATE POLICY ledgerflow_tenant_wall ON {quote(name)} USING ({rule}) WITH CHECK ({rule})"
+    )
+    return True
+
+
+def current_tenant_scope() -> str | None:
+    """The tenant of the innermost :func:`tenant_scope` around the caller, if any."""
+    return _TENANT_SCOPE.get()
+
+
 """The PostgreSQL channel an enqueue notifies and idle workers listen on."""
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
-_HEAD = "0004"
+_HEAD = "0005"
 
 
 def normalise_url(url: str) -> str:
@@ -140,11 +215,16 @@ class SQLStore:
     # ----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def write(self, isolation: str | None = None) -> Iterator[Connection]:
+    def write(
+        self, isolation: str | None = None, *, tenant: str | None = None
+    ) -> Iterator[Connection]:
         """A write transaction, committed when the block ends and rolled back on an error.
 
         On SQLite it takes the write lock at once (``BEGIN IMMEDIATE``). ``isolation`` sets a
-        PostgreSQL isolation level for this transaction only.
+        PostgreSQL isolation level for this transaction only. ``tenant`` (by default the one
+        of the enclosing :func:`tenant_scope`) is the only tenant whose rows the transaction
+        can see or write on PostgreSQL, where row-level security enforces it; a transaction
+        with no tenant at all sees no tenant's rows there.
         """
         with self._connect() as conn:
             if self.dialect == "sqlite":
@@ -152,13 +232,24 @@ class SQLStore:
             elif isolation is not None:
                 conn = conn.execution_options(isolation_level=isolation)
             with conn.begin():
+                self._set_tenant(conn, tenant)
                 yield conn
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A read transaction: every read in it sees one snapshot of the database."""
+    def read(self, *, tenant: str | None = None) -> Iterator[Connection]:
+        """A read transaction: every read in it sees one snapshot of the database, and on
+        PostgreSQL only the rows of ``tenant`` (as for :meth:`write`)."""
         with self._connect() as conn, conn.begin():
+            self._set_tenant(conn, tenant)
             yield conn
+
+    def _set_tenant(self, conn: Connection, tenant: str | None) -> None:
+        """Tell PostgreSQL's row-level security policies whose rows this transaction may
+        touch: ``tenant``, else the enclosing scope's, else none."""
+        if self.dialect != "postgresql":
+            return
+        scope = tenant if tenant is not None else _TENANT_SCOPE.get()
+        conn.execute(_SET_TENANT, {"tenant": scope or ""})
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
@@ -452,6 +543,37 @@ class SQLStore:
             )
         )
 
+    def pin_version(self, conn: Connection, execution_id: str, version: int) -> None:
+        """Inside the transaction that records a migration: pin the execution's projection to
+        workflow ``version``."""
+        conn.execute(
+            executions.update()
+            .where(executions.c.id == execution_id)
+            .values(version=version, updated_at=self.clock())
+        )
+
+    def executions_on(
+        self,
+        conn: Connection,
+        workflow: str,
+        version: int,
+        *,
+        statuses: Collection[str],
+        tenant: str | None = None,
+    ) -> list[tuple[str, str]]:
+        """The ``(execution_id, tenant)`` of every execution of ``workflow`` pinned to
+        ``version`` whose status is in ``statuses``, of ``tenant`` (or of every tenant the
+        transaction may see when ``None``), oldest first."""
+        query = sa.select(executions.c.id, executions.c.tenant).where(
+            executions.c.workflow == workflow,
+            executions.c.version == version,
+            executions.c.status.in_(list(statuses)),
+        )
+        if tenant is not None:
+            query = query.where(executions.c.tenant == tenant)
+        query = query.order_by(executions.c.created_at, executions.c.id)
+        return [(r.id, r.tenant) for r in conn.execute(query)]
+
     def latest_snapshot(self, conn: Connection, execution_id: str, tenant: str) -> State | None:
         """The newest snapshot of the execution, if any."""
         body = conn.execute(
@@ -475,7 +597,7 @@ class SQLStore:
 
     def snapshot_states(self, execution_id: str, tenant: str) -> list[State]:
         """Every snapshot of the execution, oldest first."""
-        with self.read() as conn:
+        with self.read(tenant=tenant) as conn:
             rows = conn.execute(
                 sa.select(snapshots.c.state)
                 .where(snapshots.c.execution_id == execution_id, snapshots.c.tenant == tenant)
@@ -487,9 +609,17 @@ class SQLStore:
     # Wake-ups, leases and fencing
     # ----------------------------------------------------------------------------------------
 
-    def claim(self, owner: str, ttl: float) -> tuple[str, str, int] | None:
+    def claim(
+        self, owner: str, ttl: float, *, tenant_limit: int | None = None
+    ) -> tuple[str, str, int] | None:
         """Take the lease of one execution with an unhandled wake-up, oldest first; returns
         ``(execution_id, tenant, token)`` or ``None`` when there is nothing free to take.
+
+        With ``tenant_limit``, wake-ups are taken round-robin across tenants (each tenant's
+        oldest first, then each one's second oldest, …), so a tenant with a long queue does not
+        hold back another's single event, and a tenant whose executions already hold
+        ``tenant_limit`` live leases is passed over. Two claims racing may each see the tenant
+        one below its limit: the limit is kept to within the number of claiming workers.
 
         On PostgreSQL the wake-ups are read ``FOR UPDATE SKIP LOCKED`` in the same transaction
         that takes the lease, so concurrent workers are handed different executions.
@@ -498,24 +628,58 @@ class SQLStore:
         live = sa.exists().where(
             leases.c.execution_id == outbox.c.execution_id, leases.c.expires_at > now
         )
-        query = (
-            sa.select(outbox.c.execution_id, outbox.c.tenant)
-            .where(outbox.c.published_at.is_(None), ~live)
-            .order_by(outbox.c.id)
-            .limit(32)
+        query = sa.select(outbox.c.execution_id, outbox.c.tenant).where(
+            outbox.c.published_at.is_(None), ~live
         )
+        if tenant_limit is None:
+            query = query.order_by(outbox.c.id)
+        else:
+            busy = (
+                sa.select(sa.func.count())
+                .select_from(leases)
+                .where(leases.c.tenant == outbox.c.tenant, leases.c.expires_at > now)
+                .scalar_subquery()
+            )
+            turn = (
+                sa.select(
+                    outbox.c.id,
+                    sa.func.row_number()
+                    .over(partition_by=outbox.c.tenant, order_by=outbox.c.id)
+                    .label("turn"),
+                )
+                .where(outbox.c.published_at.is_(None))
+                .subquery("turns")
+            )
+            query = (
+                query.join(turn, turn.c.id == outbox.c.id)
+                .where(busy < tenant_limit)
+                .order_by(turn.c.turn, outbox.c.id)
+            )
+        query = query.limit(32)
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True, of=outbox)
-        with self.write() as conn:
+        with self.write(tenant=ALL_TENANTS) as conn:
             seen: set[str] = set()
             for row in conn.execute(query).all():
                 if row.execution_id in seen:
                     continue
                 seen.add(row.execution_id)
-                token = self._take_lease(conn, row.execution_id, owner, ttl, now, skip_locked=True)
+                token = self._take_lease(
+                    conn, row.execution_id, owner, ttl, now, skip_locked=True, tenant=row.tenant
+                )
                 if token is not None:
                     return row.execution_id, row.tenant, token
         return None
+
+    def tenant_at_limit(self, tenant: str, limit: int) -> bool:
+        """Whether ``tenant``'s executions hold ``limit`` or more live leases."""
+        with self.read(tenant=ALL_TENANTS) as conn:
+            held = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(leases)
+                .where(leases.c.tenant == tenant, leases.c.expires_at > self.clock())
+            ).scalar_one()
+        return int(held) >= limit
 
     def pending_executions(self, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` ``(execution_id, tenant)`` whose ledger holds an undecided event and
@@ -530,14 +694,14 @@ class SQLStore:
             .group_by(events.c.execution_id, events.c.tenant)
             .limit(limit)
         )
-        with self.read() as conn:
+        with self.read(tenant=ALL_TENANTS) as conn:
             return [(r.execution_id, r.tenant) for r in conn.execute(query)]
 
     def has_work(self, *, besides: Collection[str] = ()) -> bool:
         """Whether any wake-up is unhandled or any event undecided, leased or not, in an
         execution not named in ``besides``: what a worker asks before deciding that no work is
         left. Takes no locks."""
-        with self.read() as conn:
+        with self.read(tenant=ALL_TENANTS) as conn:
             wakeup = conn.execute(
                 sa.select(outbox.c.id)
                 .where(outbox.c.published_at.is_(None), outbox.c.execution_id.not_in(besides))
@@ -568,13 +732,16 @@ class SQLStore:
             .values(published_at=self.clock())
         )
 
-    def take_lease(self, execution_id: str, owner: str, ttl: float) -> int | None:
+    def take_lease(
+        self, execution_id: str, owner: str, ttl: float, *, tenant: str | None = None
+    ) -> int | None:
         """Take the execution's lease for ``ttl`` seconds if it is free or expired; returns the
         new fencing token, or ``None`` if it is held (by anyone, ``owner`` included: two threads
-        of one worker never share an execution)."""
+        of one worker never share an execution). ``tenant``, the execution's, is kept with the
+        lease for per-tenant limits."""
         try:
             with self.write() as conn:
-                return self._take_lease(conn, execution_id, owner, ttl, self.clock())
+                return self._take_lease(conn, execution_id, owner, ttl, self.clock(), tenant=tenant)
         except sa.exc.IntegrityError:
             return None  # another worker inserted the lease first
 
@@ -587,6 +754,7 @@ class SQLStore:
         now: float,
         *,
         skip_locked: bool = False,
+        tenant: str | None = None,
     ) -> int | None:
         """Take the lease in ``conn``'s transaction. With ``skip_locked`` (a claim, which
         already holds outbox rows) a lease row another transaction has locked counts as busy
@@ -609,7 +777,11 @@ class SQLStore:
                 with conn.begin_nested():
                     conn.execute(
                         leases.insert().values(
-                            execution_id=execution_id, owner=owner, token=1, expires_at=now + ttl
+                            execution_id=execution_id,
+                            owner=owner,
+                            token=1,
+                            expires_at=now + ttl,
+                            tenant=tenant,
                         )
                     )
             except sa.exc.IntegrityError:
@@ -618,11 +790,10 @@ class SQLStore:
         if row.expires_at > now:
             return None
         token = int(row.token) + 1
-        conn.execute(
-            leases.update()
-            .where(leases.c.execution_id == execution_id)
-            .values(owner=owner, token=token, expires_at=now + ttl)
-        )
+        values: dict[str, Any] = {"owner": owner, "token": token, "expires_at": now + ttl}
+        if tenant is not None:
+            values["tenant"] = tenant
+        conn.execute(leases.update().where(leases.c.execution_id == execution_id).values(values))
         return token
 
     def fence(
@@ -669,7 +840,7 @@ class SQLStore:
         (and then this read sees its event), or waits for it and takes the lease. So a wake-up
         acknowledged because another worker held the execution is never left behind.
         """
-        with self.write() as conn:
+        with self.write(tenant=ALL_TENANTS) as conn:
             released = conn.execute(
                 leases.update().where(_held_by(execution_id, owner, token)).values(expires_at=0.0)
             ).rowcount
@@ -700,42 +871,81 @@ class SQLStore:
         tenant: str,
         armed_seq: int,
         timed: Sequence[tuple[str, float]],
+        *,
+        at: Sequence[tuple[str, float]] = (),
     ) -> list[str]:
         """Inside the transaction that enters a state: arm one timer per ``(event, seconds)``
-        of ``timed``, due ``seconds`` from now; returns their ids."""
+        of ``timed``, due ``seconds`` from now, and one per ``(event, due_at)`` of ``at``, due
+        at that time; returns their ids."""
         now = self.clock()
+        due = [(event, now + seconds) for event, seconds in timed] + list(at)
         rows: list[dict[str, Any]] = [
             {
                 "id": uuid.uuid4().hex,
                 "tenant": tenant,
                 "execution_id": execution_id,
                 "event": event,
-                "due_at": now + seconds,
+                "due_at": due_at,
                 "armed_seq": armed_seq,
                 "state": "armed",
+                "kind": "state",
                 "created_at": now,
             }
-            for event, seconds in timed
+            for event, due_at in due
         ]
         if rows:
             conn.execute(timers.insert(), rows)
         return [row["id"] for row in rows]
 
-    def cancel_timers(self, conn: Connection, execution_id: str) -> int:
-        """Inside the transaction that leaves a state: cancel the execution's armed timers;
+    def schedule_timer(
+        self,
+        conn: Connection,
+        timer_id: str,
+        execution_id: str,
+        tenant: str,
+        event: str,
+        due_at: float,
+        payload: Mapping[str, Any],
+    ) -> bool:
+        """Inside a step's transaction: arm timer ``timer_id`` to append ``event`` with
+        ``payload`` at ``due_at``, whatever state the execution is in then; it is cancelled
+        only when the execution completes. ``False`` if a timer with that id exists already
+        (the step ran before)."""
+        if conn.execute(sa.select(timers.c.id).where(timers.c.id == timer_id)).first():
+            return False
+        conn.execute(
+            timers.insert().values(
+                id=timer_id,
+                tenant=tenant,
+                execution_id=execution_id,
+                event=event,
+                due_at=due_at,
+                armed_seq=0,
+                state="armed",
+                kind="step",
+                payload=dict(payload),
+                created_at=self.clock(),
+            )
+        )
+        return True
+
+    def cancel_timers(self, conn: Connection, execution_id: str, *, scheduled: bool = False) -> int:
+        """Inside the transaction that leaves a state: cancel the execution's armed timers
+        of states (with ``scheduled``, those steps scheduled too: the execution completed);
         returns how many were cancelled (a timer fired already stays fired)."""
+        query = timers.update().where(
+            timers.c.execution_id == execution_id, timers.c.state == "armed"
+        )
+        if not scheduled:
+            query = query.where(timers.c.kind == "state")
         return int(
-            conn.execute(
-                timers.update()
-                .where(timers.c.execution_id == execution_id, timers.c.state == "armed")
-                .values(state="cancelled", cancelled_at=self.clock())
-            ).rowcount
+            conn.execute(query.values(state="cancelled", cancelled_at=self.clock())).rowcount
         )
 
     def due_timers(self, now: float, limit: int) -> list[tuple[str, str, str]]:
         """Up to ``limit`` armed timers due at ``now`` or before, soonest first, as
         ``(timer_id, execution_id, tenant)``. Takes no locks: :meth:`claim_timer` does."""
-        with self.read() as conn:
+        with self.read(tenant=ALL_TENANTS) as conn:
             rows = conn.execute(
                 sa.select(timers.c.id, timers.c.execution_id, timers.c.tenant)
                 .where(timers.c.state == "armed", timers.c.due_at <= now)
@@ -791,7 +1001,7 @@ class SQLStore:
 
     def next_due(self) -> float | None:
         """When the soonest armed timer is due, if any is armed."""
-        with self.read() as conn:
+        with self.read(tenant=ALL_TENANTS) as conn:
             due = conn.execute(
                 sa.select(sa.func.min(timers.c.due_at)).where(timers.c.state == "armed")
             ).scalar()
@@ -821,7 +1031,7 @@ class SQLStore:
         )
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        with self.write() as conn:
+        with self.write(tenant=ALL_TENANTS) as conn:
             rows = conn.execute(query).all()
             if rows:
                 conn.execute(
@@ -845,7 +1055,7 @@ class SQLStore:
     ) -> str:
         """Record a message a transport dead-lettered; returns its id here."""
         new_id = uuid.uuid4().hex
-        with self.write() as conn:
+        with self.write(tenant=ALL_TENANTS) as conn:
             conn.execute(
                 dead_letters.insert().values(
                     id=new_id,
@@ -870,12 +1080,12 @@ class SQLStore:
             query = query.where(
                 dead_letters.c.retried_at.is_(None), dead_letters.c.discarded_at.is_(None)
             )
-        with self.read() as conn:
+        with self.read(tenant=ALL_TENANTS) as conn:
             return list(conn.execute(query).all())
 
     def dead_letter_row(self, dead_letter_id: str) -> Any:
         """The dead letter ``dead_letter_id``, or ``None``."""
-        with self.read() as conn:
+        with self.read(tenant=ALL_TENANTS) as conn:
             return conn.execute(
                 sa.select(dead_letters).where(dead_letters.c.id == dead_letter_id)
             ).first()
@@ -884,7 +1094,7 @@ class SQLStore:
         """Mark a dead letter ``retried`` or ``discarded``; ``False`` if it was settled
         already (or does not exist)."""
         column = {"retried": "retried_at", "discarded": "discarded_at"}[how]
-        with self.write() as conn:
+        with self.write(tenant=ALL_TENANTS) as conn:
             return bool(
                 conn.execute(
                     dead_letters.update()
@@ -1060,7 +1270,7 @@ class SQLStore:
             workers,
             timers,
         )
-        with self.read() as conn:
+        with self.read(tenant=ALL_TENANTS) as conn:
             return {
                 t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
                 for t in tables

@@ -56,7 +56,7 @@ from ledgerflow.model import (
     StepSucceeded,
     TransitionApplied,
 )
-from ledgerflow.store.sql import SQLStore
+from ledgerflow.store.sql import ALL_TENANTS, SQLStore, tenant_scope
 from ledgerflow.testing.harness import Clock
 from ledgerflow.transports import BrokerTransport, Delivery, Wakeup
 
@@ -95,10 +95,12 @@ class StoreContract(abc.ABC):
 
     @pytest.fixture
     def store(self, clock: Clock) -> Iterator[SQLStore]:
-        """The store under test."""
+        """The store under test, used with the database's own tenant wall (row-level security)
+        lifted: the contract checks that the store's queries scope every read by tenant."""
         store = self.make_store(clock)
         try:
-            yield store
+            with tenant_scope(ALL_TENANTS):
+                yield store
         finally:
             store.close()
 

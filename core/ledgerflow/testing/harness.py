@@ -38,6 +38,7 @@ from ledgerflow.model import (
     EventReceived,
     EventRejected,
     ExecutionFailed,
+    ExecutionMigrated,
     ExecutionResumed,
     ExecutionStarted,
     Record,
@@ -686,7 +687,7 @@ class Harness:
 
     def results(self, execution_id: str) -> dict[str, JSON]:
         """The action results recorded for the execution, by idempotency key."""
-        with self.store.read() as conn:
+        with self.store.read(tenant=self.tenant) as conn:
             rows = conn.execute(
                 sa.select(action_results.c.key, action_results.c.result).where(
                     action_results.c.execution_id == execution_id,
@@ -726,6 +727,11 @@ class Harness:
         """
         self._check(self._look(execution_id))
 
+    def _versions(self, definition: Definition) -> Callable[[int], Definition]:
+        """The registered versions of ``definition``'s workflow, by number: what folding a
+        migrated ledger needs."""
+        return lambda version: self.engine.definition(definition.name, version)
+
     def _look(self, execution_id: str) -> _Look:
         """Everything about one execution, each read once."""
         history = self.history(execution_id)
@@ -738,7 +744,7 @@ class Harness:
             records=records,
             projection=projection,
             definition=definition,
-            replayed=machine.fold(definition, records),
+            replayed=machine.fold(definition, records, versions=self._versions(definition)),
             snapshots=self.store.snapshot_states(execution_id, self.tenant),
             results=self.results(execution_id),
         )
@@ -752,7 +758,9 @@ class Harness:
         )
         for snapshot in look.snapshots:
             later = [r for r in look.records if r.seq > snapshot.seq]
-            from_snapshot = machine.fold(look.definition, later, snapshot)
+            from_snapshot = machine.fold(
+                look.definition, later, snapshot, versions=self._versions(look.definition)
+            )
             assert from_snapshot == replayed, (
                 f"replaying from the snapshot at seq {snapshot.seq} gives {from_snapshot}, "
                 f"not {replayed}"
@@ -988,3 +996,7 @@ def _describe(record: Record, context: Mapping[str, JSON]) -> str:
             return f"resumed    event {record.retried_seq}"
         case ContextUpdated():
             return f"context    {record.step_id}: {_json(record.values)}"
+        case ExecutionMigrated():
+            by = f" by {record.requested_by}" if record.requested_by else ""
+            moved = f"v{record.from_version} -> v{record.to_version}"
+            return f"migrated   {moved} in {record.state}{by}"
