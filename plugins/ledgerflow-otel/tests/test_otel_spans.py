@@ -50,7 +50,14 @@ WORKFLOW = {
                     },
                 },
             ],
-        }
+        },
+        {
+            "name": "break",
+            "from": "open",
+            "to": "done",
+            "on": "Break",
+            "steps": [{"id": "boom", "action": "t.boom", "params": {}}],
+        },
     ],
 }
 
@@ -68,6 +75,9 @@ class Recorder:
         with self.lock:
             self.current.append(trace.get_current_span().get_span_context())
         return {}
+
+    def boom(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
+        raise RuntimeError("it broke")
 
     def flaky(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
         with self.lock:
@@ -100,6 +110,7 @@ def traced(tmp_path: Path, provider: TracerProvider) -> Iterator[tuple[Engine, R
     recorder = Recorder()
     engine.registry.register_simple_action("t.note", "Note the current span.", [], recorder.note)
     engine.registry.register_simple_action("t.flaky", "Fail once.", [], recorder.flaky)
+    engine.registry.register_simple_action("t.boom", "Always fail.", [], recorder.boom)
     engine.register(definitions.compile_workflow(definitions.parse(WORKFLOW)))
     engine.add_plugin(Tracing(tracer_provider=provider), "otel-test")
     yield engine, recorder
@@ -226,3 +237,22 @@ def test_the_entry_point_registers_the_plugin() -> None:
         info.hooks
     )
     assert info.errors == ()
+
+
+def test_a_failed_step_and_its_event_are_error_spans(
+    traced: tuple[Engine, Recorder], provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    engine, _ = traced
+    x = engine.create_execution("Traced", tenant=TENANT)
+    enqueue_event(engine, x, "Break", tenant=TENANT, tracer_provider=provider)
+    Worker(engine, poll_interval=0.05).run(until_idle=True)
+    spans = exporter.get_finished_spans()
+    (step,) = by_name(spans, "ledgerflow.step boom")
+    (process,) = by_name(spans, "ledgerflow.process Break")
+    assert step.status.status_code is StatusCode.ERROR
+    assert "it broke" in (step.status.description or "")
+    assert process.status.status_code is StatusCode.ERROR
+    assert process.attributes is not None
+    assert process.attributes["ledgerflow.status"] == "failed"
+    assert step.parent is not None
+    assert step.parent.span_id == process.context.span_id
