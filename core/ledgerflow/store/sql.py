@@ -64,6 +64,96 @@ _TENANT_SCOPE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _SET_TENANT = sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)")
 
 
+# The statements of the hot paths, built once: building a statement costs several times more
+# than running it on SQLite (SQLAlchemy caches the compiled form either way).
+_EXECUTION_ROW = sa.select(executions).where(
+    executions.c.id == sa.bindparam("id"), executions.c.tenant == sa.bindparam("tenant")
+)
+_LOCK_EXECUTION = (
+    sa.select(executions.c.id).where(executions.c.id == sa.bindparam("id")).with_for_update()
+)
+_LAST_SEQ = sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)).where(
+    events.c.execution_id == sa.bindparam("execution_id")
+)
+_EVENT_BY_KEY = sa.select(events.c.event_id).where(
+    events.c.execution_id == sa.bindparam("execution_id"),
+    events.c.client_key == sa.bindparam("client_key"),
+)
+_RECORDS = (
+    sa.select(events)
+    .where(
+        events.c.execution_id == sa.bindparam("execution_id"),
+        events.c.tenant == sa.bindparam("tenant"),
+        events.c.seq > sa.bindparam("after"),
+    )
+    .order_by(events.c.seq)
+)
+_SET_EVENT_OUTCOME = (
+    events.update()
+    .where(
+        events.c.execution_id == sa.bindparam("key_execution_id"),
+        events.c.seq == sa.bindparam("key_seq"),
+    )
+    .values(
+        status=sa.bindparam("status"),
+        outcome=sa.bindparam("outcome"),
+        detail=sa.bindparam("detail"),
+        processed_at=sa.bindparam("processed_at"),
+    )
+)
+_FENCE = (
+    leases.update()
+    .where(
+        leases.c.execution_id == sa.bindparam("key_execution_id"),
+        leases.c.owner == sa.bindparam("key_owner"),
+        leases.c.token == sa.bindparam("key_token"),
+    )
+    .values(expires_at=sa.bindparam("expires_at"))
+)
+_MARK_HANDLED = (
+    outbox.update()
+    .where(
+        outbox.c.execution_id == sa.bindparam("key_execution_id"),
+        outbox.c.published_at.is_(None),
+        ~sa.exists().where(events.c.event_id == outbox.c.event_id, events.c.status == "pending"),
+    )
+    .values(published_at=sa.bindparam("published_at"))
+)
+_SAVE_PROJECTION = (
+    executions.update()
+    .where(executions.c.id == sa.bindparam("key_id"))
+    .values(
+        state=sa.bindparam("state"),
+        context=sa.bindparam("context", type_=executions.c.context.type),
+        status=sa.bindparam("status"),
+        projection_seq=sa.bindparam("projection_seq"),
+        decided_seq=sa.bindparam("decided_seq"),
+        updated_at=sa.bindparam("updated_at"),
+    )
+)
+_ACTION_RESULT = sa.select(action_results.c.result).where(
+    action_results.c.key == sa.bindparam("key")
+)
+_DUE_TIMERS = (
+    sa.select(timers.c.id, timers.c.execution_id, timers.c.tenant)
+    .where(timers.c.state == "armed", timers.c.due_at <= sa.bindparam("now"))
+    .order_by(timers.c.due_at, timers.c.id)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_PENDING_EXECUTIONS = (
+    sa.select(events.c.execution_id, events.c.tenant)
+    .where(
+        events.c.status == "pending",
+        ~sa.exists().where(
+            leases.c.execution_id == events.c.execution_id,
+            leases.c.expires_at > sa.bindparam("now"),
+        ),
+    )
+    .group_by(events.c.execution_id, events.c.tenant)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+
+
 @contextlib.contextmanager
 def tenant_scope(tenant: str) -> Iterator[None]:
     """Within the block, every store transaction of this thread (or task) that names no
@@ -380,11 +470,7 @@ class SQLStore:
 
     def execution_row(self, conn: Connection, execution_id: str, tenant: str) -> Any:
         """The execution's row, or ``None`` if it does not exist for ``tenant``."""
-        return conn.execute(
-            sa.select(executions).where(
-                executions.c.id == execution_id, executions.c.tenant == tenant
-            )
-        ).first()
+        return conn.execute(_EXECUTION_ROW, {"id": execution_id, "tenant": tenant}).first()
 
     def lock_execution(self, conn: Connection, execution_id: str) -> None:
         """On PostgreSQL, lock the execution's row until the transaction ends, so that writers
@@ -392,27 +478,17 @@ class SQLStore:
         unique ``(execution_id, seq)`` stays the guarantee; this only spares the retries). On
         SQLite a write transaction already holds the whole database."""
         if self.dialect == "postgresql":
-            conn.execute(
-                sa.select(executions.c.id).where(executions.c.id == execution_id).with_for_update()
-            )
+            conn.execute(_LOCK_EXECUTION, {"id": execution_id})
 
     def last_seq(self, conn: Connection, execution_id: str) -> int:
         """The highest seq in the execution's ledger (0 for none). Appenders call it after
         :meth:`lock_execution`."""
-        return int(
-            conn.execute(
-                sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)).where(
-                    events.c.execution_id == execution_id
-                )
-            ).scalar_one()
-        )
+        return int(conn.execute(_LAST_SEQ, {"execution_id": execution_id}).scalar_one())
 
     def event_by_key(self, conn: Connection, execution_id: str, client_key: str) -> str | None:
         """The id of the event appended with ``client_key``, if any."""
         return conn.execute(
-            sa.select(events.c.event_id).where(
-                events.c.execution_id == execution_id, events.c.client_key == client_key
-            )
+            _EVENT_BY_KEY, {"execution_id": execution_id, "client_key": client_key}
         ).scalar()
 
     def insert_records(
@@ -482,13 +558,7 @@ class SQLStore:
     ) -> list[StoredRecord]:
         """The execution's records with seq greater than ``after``, in seq order."""
         rows = conn.execute(
-            sa.select(events)
-            .where(
-                events.c.execution_id == execution_id,
-                events.c.tenant == tenant,
-                events.c.seq > after,
-            )
-            .order_by(events.c.seq)
+            _RECORDS, {"execution_id": execution_id, "tenant": tenant, "after": after}
         )
         return [
             StoredRecord(
@@ -522,25 +592,31 @@ class SQLStore:
     ) -> None:
         """Record how the event at ``seq`` was decided and processed."""
         conn.execute(
-            events.update()
-            .where(events.c.execution_id == execution_id, events.c.seq == seq)
-            .values(status=status, outcome=outcome, detail=detail, processed_at=self.clock())
+            _SET_EVENT_OUTCOME,
+            {
+                "key_execution_id": execution_id,
+                "key_seq": seq,
+                "status": status,
+                "outcome": outcome,
+                "detail": detail,
+                "processed_at": self.clock(),
+            },
         )
 
     def save_projection(self, conn: Connection, execution_id: str, state: State) -> None:
         """Store ``state`` as the execution's projection, and as a snapshot every
         ``snapshot_every`` records."""
         conn.execute(
-            executions.update()
-            .where(executions.c.id == execution_id)
-            .values(
-                state=state.name,
-                context=dict(state.context),
-                status=state.status.value,
-                projection_seq=state.seq,
-                decided_seq=state.decided_seq,
-                updated_at=self.clock(),
-            )
+            _SAVE_PROJECTION,
+            {
+                "key_id": execution_id,
+                "state": state.name,
+                "context": dict(state.context),
+                "status": state.status.value,
+                "projection_seq": state.seq,
+                "decided_seq": state.decided_seq,
+                "updated_at": self.clock(),
+            },
         )
 
     def pin_version(self, conn: Connection, execution_id: str, version: int) -> None:
@@ -684,18 +760,9 @@ class SQLStore:
     def pending_executions(self, limit: int) -> list[tuple[str, str]]:
         """Up to ``limit`` ``(execution_id, tenant)`` whose ledger holds an undecided event and
         no live lease: the sweep that finds work whose wake-up was lost."""
-        now = self.clock()
-        live = sa.exists().where(
-            leases.c.execution_id == events.c.execution_id, leases.c.expires_at > now
-        )
-        query = (
-            sa.select(events.c.execution_id, events.c.tenant)
-            .where(events.c.status == "pending", ~live)
-            .group_by(events.c.execution_id, events.c.tenant)
-            .limit(limit)
-        )
+        params = {"now": self.clock(), "limit": limit}
         with self.read(tenant=ALL_TENANTS) as conn:
-            return [(r.execution_id, r.tenant) for r in conn.execute(query)]
+            return [(r.execution_id, r.tenant) for r in conn.execute(_PENDING_EXECUTIONS, params)]
 
     def has_work(self, *, besides: Collection[str] = ()) -> bool:
         """Whether any wake-up is unhandled or any event undecided, leased or not, in an
@@ -719,17 +786,8 @@ class SQLStore:
     def mark_handled(self, conn: Connection, execution_id: str) -> None:
         """Mark the execution's wake-ups handled, except those whose event is still pending
         (it may have committed after the caller last looked)."""
-        still_pending = sa.exists().where(
-            events.c.event_id == outbox.c.event_id, events.c.status == "pending"
-        )
         conn.execute(
-            outbox.update()
-            .where(
-                outbox.c.execution_id == execution_id,
-                outbox.c.published_at.is_(None),
-                ~still_pending,
-            )
-            .values(published_at=self.clock())
+            _MARK_HANDLED, {"key_execution_id": execution_id, "published_at": self.clock()}
         )
 
     def take_lease(
@@ -802,9 +860,13 @@ class SQLStore:
         """Inside a write transaction: renew the lease, or raise :class:`LeaseLostError` if
         ``owner`` no longer holds it with ``token``. Every commit of a worker passes here."""
         renewed = conn.execute(
-            leases.update()
-            .where(_held_by(execution_id, owner, token))
-            .values(expires_at=self.clock() + ttl)
+            _FENCE,
+            {
+                "key_execution_id": execution_id,
+                "key_owner": owner,
+                "key_token": token,
+                "expires_at": self.clock() + ttl,
+            },
         ).rowcount
         if renewed != 1:
             raise LeaseLostError(
@@ -946,12 +1008,7 @@ class SQLStore:
         """Up to ``limit`` armed timers due at ``now`` or before, soonest first, as
         ``(timer_id, execution_id, tenant)``. Takes no locks: :meth:`claim_timer` does."""
         with self.read(tenant=ALL_TENANTS) as conn:
-            rows = conn.execute(
-                sa.select(timers.c.id, timers.c.execution_id, timers.c.tenant)
-                .where(timers.c.state == "armed", timers.c.due_at <= now)
-                .order_by(timers.c.due_at, timers.c.id)
-                .limit(limit)
-            ).all()
+            rows = conn.execute(_DUE_TIMERS, {"now": now, "limit": limit}).all()
         return [(r.id, r.execution_id, r.tenant) for r in rows]
 
     def claim_timer(self, conn: Connection, timer_id: str, now: float) -> Any:
@@ -1129,9 +1186,7 @@ class SQLStore:
     def action_result(self, conn: Connection, key: str) -> tuple[bool, Any]:
         """``(True, result)`` if a result is recorded under idempotency ``key``, else
         ``(False, None)``."""
-        row = conn.execute(
-            sa.select(action_results.c.result).where(action_results.c.key == key)
-        ).first()
+        row = conn.execute(_ACTION_RESULT, {"key": key}).first()
         return (False, None) if row is None else (True, row.result)
 
     def insert_action_result(
