@@ -435,6 +435,10 @@ def render(results: dict[str, Any], summary: Sequence[dict[str, Any]]) -> str:
         "`benchmarks/peers-requirements.txt`. Every measurement gets fresh databases on a "
         "private PostgreSQL cluster and an emptied private Redis.",
         "",
+        "Where ledgerflow's time goes (statements, transactions and Redis commands per workflow, "
+        "and the workers' hottest functions): `python benchmarks/profile_ledgerflow.py "
+        "--broker redis --py-spy` (`--steps` for the ten-step workflow).",
+        "",
         "## Machine and versions",
         "",
         f"- machine: {m['nproc']} cores ({m['cpu']}), {m['memory']}, {m['platform']}; shared "
@@ -522,7 +526,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pg", metavar="URL", help="use this server, not a private cluster")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the Markdown page")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="measure nothing: write the page again from a run's --json file",
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        args.output.write_text(render(saved, saved["summary"]))
+        progress(f"wrote {args.output} from {args.from_json}")
+        return 0
     quick: bool = args.quick
     rounds = args.rounds or (1 if quick else 3)
     workflows = args.workflows or (200 if quick else 2_000)
