@@ -58,6 +58,21 @@ __all__ = ["GraphRunner", "RunResult", "StepJob", "StepOutcome", "StepRunner", "
 log = logging.getLogger("ledgerflow.executor")
 
 
+class _InlinePool(concurrent.futures.Executor):
+    """Runs each submitted call at once, in the caller's thread: the pool of a run that cannot
+    have two steps at a time (one step, or ``max_parallel`` 1), which needs no threads."""
+
+    def submit(  # type: ignore[override]
+        self, fn: Callable[..., StepOutcome], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[StepOutcome]:
+        future: concurrent.futures.Future[StepOutcome] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed over like a pool's future hands it over
+            future.set_exception(exc)
+        return future
+
+
 def idempotency_key(
     execution_id: str, event_id: str, step_id: str, *, compensation: bool = False
 ) -> str:
@@ -78,6 +93,10 @@ class StepJob:
     fence: Callable[[sa.Connection], None] | None = None
     """Checks, inside a transaction, that the caller still holds the execution's lease; it
     raises :class:`~ledgerflow.errors.LeaseLostError` otherwise, and nothing commits."""
+    recorded: Mapping[str, JSON] | None = None
+    """Every result recorded under this job's keys, by key, if the caller read them (one query
+    for the whole event, while holding the lease); ``None`` and the runner reads each key
+    before calling its action. Either way a recorded result is returned, never re-run."""
 
 
 @attrs.frozen(kw_only=True)
@@ -175,8 +194,13 @@ class GraphRunner:
         blocked: set[str] = set()
         failure: str | None = None
         compensate = False
-        with concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.max_parallel, thread_name_prefix="ledgerflow-step"
+        parallel = min(self.max_parallel, len(job.steps)) > 1
+        with (
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.max_parallel, thread_name_prefix="ledgerflow-step"
+            )
+            if parallel
+            else _InlinePool()
         ) as pool:
             running: dict[concurrent.futures.Future[StepOutcome], CompiledStep] = {}
 
@@ -467,10 +491,14 @@ class GraphRunner:
     def _call(
         self, job: StepJob, step: Step, name: str, params: JSON, key: str, attempt: int
     ) -> JSON:
-        with _store_errors(), self.store.read(tenant=job.tenant) as conn:
-            found, recorded = self.store.action_result(conn, key)
-        if found:
-            return recorded
+        if job.recorded is not None:
+            if key in job.recorded:
+                return job.recorded[key]
+        else:
+            with _store_errors(), self.store.read(tenant=job.tenant) as conn:
+                found, recorded = self.store.action_result(conn, key)
+            if found:
+                return recorded
         action = self.registry.get(name)
         validated = action.validate(params)
         if action.breaker is None:

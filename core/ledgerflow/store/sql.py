@@ -1189,6 +1189,21 @@ class SQLStore:
         row = conn.execute(_ACTION_RESULT, {"key": key}).first()
         return (False, None) if row is None else (True, row.result)
 
+    def action_results_for(
+        self, conn: Connection, execution_id: str, event_ids: Collection[str]
+    ) -> dict[str, Any]:
+        """Every result recorded for the steps of the execution's events ``event_ids``, by
+        idempotency key."""
+        if not event_ids:
+            return {}
+        rows = conn.execute(
+            sa.select(action_results.c.key, action_results.c.result).where(
+                action_results.c.execution_id == execution_id,
+                action_results.c.event_id.in_(list(event_ids)),
+            )
+        )
+        return {row.key: row.result for row in rows}
+
     def insert_action_result(
         self,
         conn: Connection,
