@@ -8,7 +8,7 @@ same state and event always give the same decision.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -24,6 +24,7 @@ from ledgerflow.model import (
     EventReceived,
     EventRejected,
     ExecutionFailed,
+    ExecutionMigrated,
     ExecutionResumed,
     ExecutionStarted,
     Record,
@@ -53,7 +54,9 @@ def apply(definition: Definition, state: State | None, record: Record) -> State:
 
     Raises :class:`LedgerError` when the record does not follow the state: a gap or repeat in
     ``seq``, a ledger of another workflow version, a transition from a state the execution is
-    not in.
+    not in. ``definition`` is the version the execution is pinned to when ``record`` comes,
+    except for an :class:`~ledgerflow.model.ExecutionMigrated` record, which is applied with
+    the definition it moves to (see :func:`fold`).
     """
     if state is None:
         if not isinstance(record, ExecutionStarted):
@@ -74,6 +77,13 @@ def apply(definition: Definition, state: State | None, record: Record) -> State:
         )
     if record.seq != state.seq + 1:
         raise LedgerError(f"record {record.kind} has seq {record.seq}; expected {state.seq + 1}")
+    pinned = record.to_version if isinstance(record, ExecutionMigrated) else state.version
+    if (state.workflow, pinned) != (definition.name, definition.version):
+        raise LedgerError(
+            f"seq {record.seq}: a state of {state.workflow} v{pinned} folded with "
+            f"{definition.name} v{definition.version} (a migrated ledger is folded with the "
+            "definitions of its versions: fold(..., versions=...))"
+        )
     match record:
         case TransitionApplied():
             if record.source != state.name:
@@ -113,6 +123,18 @@ def apply(definition: Definition, state: State | None, record: Record) -> State:
             return attrs.evolve(state, seq=record.seq, status=status, decided_seq=record.event_seq)
         case ContextUpdated():
             return attrs.evolve(state, seq=record.seq, context={**state.context, **record.values})
+        case ExecutionMigrated():
+            if record.from_version != state.version or record.state != state.name:
+                raise LedgerError(
+                    f"seq {record.seq}: a migration from v{record.from_version} in "
+                    f"{record.state!r} while on v{state.version} in {state.name!r}"
+                )
+            if state.name not in definition.workflow.states:
+                raise LedgerError(
+                    f"seq {record.seq}: migrated to v{record.to_version}, which has no state "
+                    f"{state.name!r}"
+                )
+            return attrs.evolve(state, seq=record.seq, version=record.to_version)
         case EventReceived() | StepSucceeded() | StepFailed() | StepCompensated():
             return attrs.evolve(state, seq=record.seq)
         case ExecutionStarted():
@@ -120,11 +142,34 @@ def apply(definition: Definition, state: State | None, record: Record) -> State:
     raise LedgerError(f"unknown record {record!r}")  # pragma: no cover - exhaustive above
 
 
-def fold(definition: Definition, records: Iterable[Record], state: State | None = None) -> State:
+def fold(
+    definition: Definition,
+    records: Iterable[Record],
+    state: State | None = None,
+    *,
+    versions: Callable[[int], Definition] | None = None,
+) -> State:
     """The state after every record of ``records``, starting from ``state`` (a snapshot) or
-    from nothing. ``fold(d, a + b) == fold(d, b, fold(d, a))`` for every split of a ledger."""
+    from nothing. ``fold(d, a + b) == fold(d, b, fold(d, a))`` for every split of a ledger.
+
+    Each record is folded under the version the execution is pinned to when it comes: the
+    version it started on, then, from each :class:`~ledgerflow.model.ExecutionMigrated` record
+    on, the version that record moves to. ``definition`` is used while it is that version;
+    ``versions`` gives the definition of any other version of the workflow, by number. Without
+    ``versions``, a ledger (or snapshot) on another version than ``definition`` raises
+    :class:`LedgerError`.
+    """
+    current = definition
     for record in records:
-        state = apply(definition, state, record)
+        if isinstance(record, ExecutionStarted) and state is None:
+            pinned = record.version
+        elif isinstance(record, ExecutionMigrated):
+            pinned = record.to_version
+        else:
+            pinned = current.version if state is None else state.version
+        if pinned != current.version and versions is not None:
+            current = versions(pinned)
+        state = apply(current, state, record)
     if state is None:
         raise LedgerError("an empty ledger has no state")
     return state

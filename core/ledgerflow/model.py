@@ -31,6 +31,7 @@ __all__ = [
     "EventRejected",
     "EventSpec",
     "ExecutionFailed",
+    "ExecutionMigrated",
     "ExecutionResumed",
     "ExecutionStarted",
     "OnError",
@@ -384,6 +385,25 @@ class ContextUpdated:
     values: Mapping[str, JSON] = attrs.field(factory=dict, converter=_dict)
 
 
+@attrs.frozen(kw_only=True)
+class ExecutionMigrated:
+    """The execution was moved, while in ``state``, from version ``from_version`` of its
+    workflow to ``to_version``, as ``requested_by`` asked
+    (:meth:`ledgerflow.engine.Engine.migrate`).
+
+    The records before this one were decided under the old version; this one and every later
+    one are folded under the new version, which the execution is pinned to from here on. The
+    state and context do not change.
+    """
+
+    kind: ClassVar[str] = "execution_migrated"
+    seq: int
+    from_version: int
+    to_version: int
+    state: str
+    requested_by: str | None = None
+
+
 Record: TypeAlias = (
     ExecutionStarted
     | EventReceived
@@ -396,6 +416,7 @@ Record: TypeAlias = (
     | ContextUpdated
     | TransitionReverted
     | ExecutionResumed
+    | ExecutionMigrated
 )
 """Any record of a ledger."""
 
@@ -411,6 +432,7 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     ContextUpdated,
     TransitionReverted,
     ExecutionResumed,
+    ExecutionMigrated,
 )
 
 
