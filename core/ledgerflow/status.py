@@ -17,7 +17,7 @@ import attrs
 import sqlalchemy as sa
 
 from ledgerflow.store.schema import dead_letters, events, executions, leases, timers, workers
-from ledgerflow.store.sql import SQLStore
+from ledgerflow.store.sql import ALL_TENANTS, SQLStore
 
 __all__ = [
     "Gauges",
@@ -29,7 +29,6 @@ __all__ = [
     "worker_state",
 ]
 
-_ALL_TENANTS = sa.text("SELECT set_config('ledgerflow.tenant', '*', true)")
 
 
 @attrs.frozen(kw_only=True)
@@ -139,9 +138,7 @@ def _round(value: float | None) -> float | None:
 def _read(store: SQLStore) -> Iterator[sa.Connection]:
     """A read transaction that sees every tenant's rows: these figures cross tenants by
     nature (on PostgreSQL, row-level security is told so for this transaction only)."""
-    with store.read() as conn:
-        if store.dialect == "postgresql":
-            conn.execute(_ALL_TENANTS)
+    with store.read(tenant=ALL_TENANTS) as conn:
         yield conn
 
 
