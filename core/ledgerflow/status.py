@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 
-
 @attrs.frozen(kw_only=True)
 class Gauges:
     """The store's figures a scrape reads: ``queue_depth`` events not yet decided, the age in
