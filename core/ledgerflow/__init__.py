@@ -48,6 +48,7 @@ from ledgerflow.model import (
     EventRejected,
     EventSpec,
     ExecutionFailed,
+    ExecutionMigrated,
     ExecutionResumed,
     ExecutionStarted,
     OnError,
@@ -69,6 +70,13 @@ from ledgerflow.model import (
 from ledgerflow.notifiers import Notifier
 from ledgerflow.plugins import PluginInfo, Plugins
 from ledgerflow.registry import Action, ActionContext, ActionRegistry, Isolation, Param
+from ledgerflow.versioning import (
+    MigrationOutcome,
+    MigrationRefusal,
+    MigrationReport,
+    WorkflowDiff,
+    diff_workflows,
+)
 from ledgerflow.worker import Worker
 
 try:
@@ -103,6 +111,7 @@ __all__ = [
     "EventSpec",
     "Execution",
     "ExecutionFailed",
+    "ExecutionMigrated",
     "ExecutionNotFoundError",
     "ExecutionResumed",
     "ExecutionStarted",
@@ -115,6 +124,9 @@ __all__ = [
     "LeaseLostError",
     "LedgerError",
     "LedgerflowError",
+    "MigrationOutcome",
+    "MigrationRefusal",
+    "MigrationReport",
     "NotFoundError",
     "Notifier",
     "OnError",
@@ -143,11 +155,13 @@ __all__ = [
     "UnknownActionError",
     "Worker",
     "Workflow",
+    "WorkflowDiff",
     "WorkflowNotFoundError",
     "__version__",
     "apply",
     "compile_workflow",
     "decide",
+    "diff_workflows",
     "fold",
     "hookimpl",
     "load",

@@ -249,6 +249,104 @@ def list_command(settings: _Settings, as_json: bool) -> None:
         click.echo(f"{entry['name']} v{entry['version']}  {entry['hash'][:12]}")
 
 
+@workflow.command("diff")
+@click.argument("workflow_name", metavar="NAME")
+@click.argument("old_version", metavar="V1", type=click.IntRange(min=1))
+@click.argument("new_version", metavar="V2", type=click.IntRange(min=1))
+@json_flag
+@pass_settings
+def diff_command(
+    settings: _Settings, workflow_name: str, old_version: int, new_version: int, as_json: bool
+) -> None:
+    """Show what changed in workflow NAME from registered version V1 to V2: states, events
+    and their payload schemas, transitions and their steps."""
+    from ledgerflow.versioning import diff_workflows
+
+    engine = settings.engine()
+    changes = diff_workflows(
+        engine.definition(workflow_name, old_version), engine.definition(workflow_name, new_version)
+    )
+    if as_json:
+        _echo_json(changes.to_json())
+        return
+    for line in changes.lines():
+        click.echo(line)
+
+
+@workflow.command("migrate")
+@click.argument("workflow_name", metavar="NAME")
+@click.option(
+    "--from", "from_version", required=True, type=click.IntRange(min=1), help="The version now."
+)
+@click.option(
+    "--to", "to_version", required=True, type=click.IntRange(min=1), help="The newer version."
+)
+@click.option(
+    "--execution",
+    "execution_ids",
+    multiple=True,
+    metavar="ID",
+    help="An execution to migrate (repeat for more; needs --tenant).",
+)
+@click.option("--tenant", default=None, help="The executions' tenant (with --all: only its own).")
+@click.option("--all", "every", is_flag=True, help="Every active or failed execution on --from.")
+@click.option("--by", "requested_by", default=None, help="Who asks, kept in each ledger.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Write nothing: say what would happen, and replay each ledger under --to.",
+)
+@json_flag
+@pass_settings
+def migrate_command(
+    settings: _Settings,
+    workflow_name: str,
+    from_version: int,
+    to_version: int,
+    execution_ids: Sequence[str],
+    tenant: str | None,
+    every: bool,
+    requested_by: str | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Move executions of workflow NAME from version --from to the newer --to, each in its
+    current state, recording the move in its ledger; exit 1 if any was refused (each refusal
+    says why)."""
+    from ledgerflow.progress import track
+
+    if bool(execution_ids) == every:
+        raise InvalidInputError("choose the executions: --execution ID (repeatable) or --all")
+    if execution_ids and tenant is None:
+        raise InvalidInputError("--execution needs --tenant: executions are found per tenant")
+    doing = "replaying" if dry_run else "migrating"
+
+    def progress(targets: Sequence[tuple[str, str]]) -> Any:
+        return track(
+            targets,
+            total=len(targets),
+            description=f"{doing} {workflow_name} v{from_version} -> v{to_version}",
+        )
+
+    report = settings.engine().migrate(
+        workflow_name,
+        from_version,
+        to_version,
+        executions="all" if every else list(execution_ids),
+        tenant=tenant,
+        requested_by=requested_by,
+        dry_run=dry_run,
+        progress=progress,
+    )
+    if as_json:
+        _echo_json(report.to_json())
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if report.refused:
+        sys.exit(EXIT_INVALID)
+
+
 @cli.group(cls=_Group)
 def db() -> None:
     """Manage the database schema."""
@@ -770,6 +868,9 @@ def _describe(entry: Mapping[str, Any]) -> str:
     if kind == "execution_resumed":
         by = f" by {body['requested_by']}" if body.get("requested_by") else ""
         return f"retrying event {body['retried_seq']}{by}"
+    if kind == "execution_migrated":
+        by = f" by {body['requested_by']}" if body.get("requested_by") else ""
+        return f"v{body['from_version']} -> v{body['to_version']} in {body['state']}{by}"
     return json.dumps(body, sort_keys=True)
 
 

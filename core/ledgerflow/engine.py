@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +64,8 @@ from ledgerflow.plugins import Plugins, Source
 from ledgerflow.registry import ActionRegistry
 from ledgerflow.store.sql import SQLStore, StoredRecord
 from ledgerflow.transports import Transport, Wakeup
+from ledgerflow.versioning import MigrationReport, Target
+from ledgerflow.versioning import migrate as migrate_executions
 
 __all__ = [
     "DEFAULT_DB",
@@ -604,6 +606,62 @@ class Engine:
             f"{RETRY_EVENT}:{len(failures)}",
         )
 
+    def migrate(
+        self,
+        workflow: str,
+        from_version: int,
+        to_version: int,
+        *,
+        executions: Sequence[str] | Literal["all"],
+        tenant: str | None = None,
+        requested_by: str | None = None,
+        dry_run: bool = False,
+        progress: Callable[[Sequence[Target]], Iterable[Target]] | None = None,
+    ) -> MigrationReport:
+        """Move executions of ``workflow`` pinned to ``from_version`` to the newer
+        ``to_version``, each in its state, and report what happened to each.
+
+        ``executions`` names them (they need their ``tenant``), or is ``"all"``: every active
+        or failed execution on ``from_version``, of ``tenant`` or, without one, of every
+        tenant. Each is migrated under its lease, in one transaction: an
+        :class:`~ledgerflow.model.ExecutionMigrated` record naming ``requested_by`` is
+        appended to its ledger, its projection is pinned to ``to_version`` (with a snapshot),
+        and, if the two versions time its state differently, its timers are re-armed as the
+        new version times them, counted from when the state was entered. Later events are
+        decided under the new version; replaying the ledger folds what came before the record
+        under the old one and the rest under the new one.
+
+        An execution is refused, with the reason in its outcome and nothing written, when it
+        is not found for ``tenant``, is not on ``from_version``, is completed or failed, has
+        events still to be processed, is held by a worker right now, or is in a state the new
+        version lacks or makes terminal. With ``dry_run`` nothing is written at all: each
+        outcome says what would happen and where the ledger, replayed under the new version,
+        first goes differently (:func:`ledgerflow.versioning.replay_divergence`).
+        ``progress`` wraps the walk over the chosen executions, to show how far it got (such
+        as :func:`ledgerflow.progress.track`).
+
+        Raises :class:`WorkflowNotFoundError` for an unregistered version and
+        :class:`InvalidInputError` for a downgrade, a bad tenant or requester, or executions
+        named without their tenant.
+        """
+        if tenant is not None:
+            _require_tenant(tenant)
+        if requested_by is not None:
+            if not isinstance(requested_by, str):
+                raise InvalidInputError("requested_by must be a string")
+            _require_name(requested_by, "requester")
+        return migrate_executions(
+            self,
+            workflow,
+            from_version,
+            to_version,
+            executions=executions,
+            tenant=tenant,
+            requested_by=requested_by,
+            dry_run=dry_run,
+            progress=progress,
+        )
+
     @staticmethod
     def check_event(definition: Definition, event: str, payload: Mapping[str, JSON]) -> None:
         """Raise :class:`InvalidEventError` unless ``definition`` knows ``event`` and
@@ -686,7 +744,14 @@ class Engine:
         first = entries[0].record
         assert first.kind == "execution_started"
         definition = self.definition(first.workflow, first.version)  # type: ignore[union-attr]
-        return machine.fold(definition, [e.record for e in entries])
+        return machine.fold(
+            definition, [e.record for e in entries], versions=self._versions(definition.name)
+        )
+
+    def _versions(self, workflow: str) -> Callable[[int], Definition]:
+        """The definitions of ``workflow``'s versions, by number: what folding a ledger that
+        was migrated needs."""
+        return lambda version: self.definition(workflow, version)
 
     # ----------------------------------------------------------------------------------------
     # Processing
@@ -995,7 +1060,11 @@ class Engine:
             for s in ledger
             if isinstance(s.record, TransitionApplied) and s.record.event_seq == n
         )
-        before = machine.fold(definition, [s.record for s in ledger[: n - 1]])
+        before = machine.fold(
+            definition,
+            [s.record for s in ledger[: n - 1]],
+            versions=self._versions(definition.name),
+        )
         compiled = next(ct for ct in definition.transitions if ct.id == applied.transition)
         mine = [s.record for s in ledger if getattr(s.record, "event_seq", None) == n]
         succeeded = [r.step_id for r in mine if isinstance(r, StepSucceeded)]
