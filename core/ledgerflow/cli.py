@@ -6,12 +6,14 @@ Errors are one readable line on stderr and a non-zero exit; ``--debug`` adds the
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import json
 import logging
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -457,6 +459,21 @@ def send_command(
     help="Touch this file after every heartbeat that reached the store (a liveness probe "
     "checks its age).",
 )
+@click.option(
+    "--timer-interval",
+    default=None,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between looks for due timers [default: the poll interval].",
+)
+@click.option(
+    "--tenant-limit",
+    default=None,
+    envvar="LEDGERFLOW_TENANT_LIMIT",
+    type=click.IntRange(min=1),
+    help="At most this many executions of one tenant in progress at once, over every worker "
+    "(each worker should be given the same limit); wake-ups are then taken round-robin across "
+    "tenants. [env: LEDGERFLOW_TENANT_LIMIT]",
+)
 @json_flag
 @pass_settings
 def worker_command(
@@ -466,6 +483,8 @@ def worker_command(
     lease_ttl: float,
     poll_interval: float,
     health_file: str | None,
+    timer_interval: float | None,
+    tenant_limit: int | None,
     as_json: bool,
 ) -> None:
     """Process pending events; SIGTERM or SIGINT stops it after the event in hand."""
@@ -477,6 +496,8 @@ def worker_command(
         lease_ttl=lease_ttl,
         poll_interval=poll_interval,
         health_file=health_file,
+        timer_interval=timer_interval,
+        tenant_limit=tenant_limit,
     )
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -919,6 +940,40 @@ def history_command(settings: _Settings, execution_id: str, tenant: str, as_json
         _print_ledger(rows)
 
 
+@execution.command("timers")
+@click.argument("execution_id", metavar="ID")
+@tenant_option
+@json_flag
+@pass_settings
+def timers_command(settings: _Settings, execution_id: str, tenant: str, as_json: bool) -> None:
+    """List an execution's timers, in the order armed: armed, fired or cancelled."""
+    found = settings.engine().timers(execution_id, tenant=tenant)
+    rows = [
+        {
+            "id": t.id,
+            "event": t.event,
+            "kind": t.kind,
+            "state": t.state,
+            "due_at": t.due_at,
+            "fired_at": t.fired_at,
+            "cancelled_at": t.cancelled_at,
+            "fired_event_id": t.fired_event_id,
+            "payload": dict(t.payload) if t.payload is not None else None,
+        }
+        for t in found
+    ]
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo(f"execution {execution_id} has no timers")
+        return
+    for t in found:
+        due = datetime.datetime.fromtimestamp(t.due_at, datetime.UTC).isoformat(timespec="seconds")
+        fired = f" as event {t.fired_event_id}" if t.fired_event_id else ""
+        click.echo(f"{t.event:<24} {t.kind:<6} {t.state:<10} due {due}{fired}")
+
+
 @cli.group(cls=_Group)
 def event() -> None:
     """Look at events."""
@@ -1030,20 +1085,29 @@ def _print_rows(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 DEMO_INVOICE = {"id": "INV-1001", "total": 1250.0, "customer_id": "C-42", "currency": "EUR"}
+DEMO_LATE_INVOICE = {"id": "INV-1002", "total": 980.0, "customer_id": "C-7", "currency": "EUR"}
 
 
 @cli.command("demo")
 @json_flag
 def demo_command(as_json: bool) -> None:
-    """Run the InvoiceApproval example end to end on a throwaway SQLite ledger: the invoice is
-    submitted and approved, its rows written to the example's invoices and payments tables."""
+    """Run the InvoiceApproval example end to end on a throwaway SQLite ledger: one invoice is
+    submitted and approved, its rows written to the example's invoices and payments tables;
+    another waits for a decision until the demo skips its clock 48 hours ahead, when the
+    escalation timer fires and a director approves it."""
     from ledgerflow.engine import Engine
+    from ledgerflow.testing.harness import Clock
     from ledgerflow.worker import Worker
 
     app = _example_app()
     tenant = "acme"
+    clock = Clock(time.time())
     with tempfile.TemporaryDirectory(prefix="ledgerflow-demo-") as tmp, _Notifications() as sent:
-        engine = Engine(f"sqlite:///{tmp}/demo.db")
+        engine = Engine(f"sqlite:///{tmp}/demo.db", clock=clock)
+
+        def work() -> None:
+            Worker(engine, poll_interval=0.05).run(until_idle=True)
+
         try:
             engine.store.upgrade()
             app.setup(engine)  # the invoices and payments tables, and the workflow
@@ -1055,7 +1119,7 @@ def demo_command(as_json: bool) -> None:
                 role="clerk",
                 payload={"invoice": DEMO_INVOICE},
             )
-            Worker(engine, poll_interval=0.05).run(until_idle=True)
+            work()
             engine.enqueue_event(
                 execution_id,
                 "ApproveInvoice",
@@ -1063,23 +1127,49 @@ def demo_command(as_json: bool) -> None:
                 role="manager",
                 payload={"approved_by": "maria"},
             )
-            Worker(engine, poll_interval=0.05).run(until_idle=True)
+            work()
+            # the second invoice: nobody decides, and 48 hours pass (the clock is skipped)
+            late_id = engine.create_execution("InvoiceApproval", tenant=tenant)
+            engine.enqueue_event(
+                late_id,
+                "CreateInvoice",
+                tenant=tenant,
+                role="clerk",
+                payload={"invoice": DEMO_LATE_INVOICE},
+            )
+            work()
+            clock.advance(48 * 3600)
+            work()  # the escalation timer fires, and the worker processes its event
+            escalated_state = engine.get_execution(late_id, tenant=tenant).state
+            engine.enqueue_event(
+                late_id,
+                "ApproveInvoice",
+                tenant=tenant,
+                role="director",
+                payload={"approved_by": "dmitri"},
+            )
+            work()
             rows = _history_data(engine.history(execution_id, tenant=tenant))
+            late_rows = _history_data(engine.history(late_id, tenant=tenant))
             final = _execution_data(engine, execution_id, tenant)
-            replayed = engine.replay(execution_id, tenant=tenant)
+            late_final = _execution_data(engine, late_id, tenant)
+            consistent = all(
+                _replay_matches(engine, x, tenant, data)
+                for x, data in ((execution_id, final), (late_id, late_final))
+            )
             tables: dict[str, list[dict[str, Any]]] = app.rows(engine, tenant)
         finally:
             engine.close()
-    consistent = (replayed.name, replayed.status.value, dict(replayed.context)) == (
-        final["state"],
-        final["status"],
-        final["context"],
-    )
     if as_json:
         _echo_json(
             {
                 "ledger": rows,
                 "execution": final,
+                "escalation": {
+                    "ledger": late_rows,
+                    "execution": late_final,
+                    "state_after_48_hours": escalated_state,
+                },
                 "replay_matches_projection": consistent,
                 "tables": tables,
                 "notifications": sent.sent,
@@ -1093,13 +1183,28 @@ def demo_command(as_json: bool) -> None:
     click.echo(f"\nfinal state: {final['state']} ({final['status']})")
     click.echo("context: " + json.dumps(final["context"], sort_keys=True))
     click.echo(
-        "replaying the ledger from zero gives the same state: " + ("yes" if consistent else "NO")
+        f"\n{DEMO_LATE_INVOICE['id']}, execution {late_id}: nobody decides; the clock skips 48 "
+        f"hours; the escalation timer fires ({escalated_state}); a director approves\n"
+    )
+    _print_ledger(late_rows)
+    click.echo(f"\nfinal state: {late_final['state']} ({late_final['status']})")
+    click.echo(
+        "replaying the ledgers from zero gives the same states: " + ("yes" if consistent else "NO")
     )
     for name, table_rows in tables.items():
         _print_rows(f"{name} (tenant {tenant}):", table_rows)
     click.echo("\nnotifications sent (log notifier):")
     for note in sent.sent:
         click.echo(f"  [{note['channel']}] {note['message']}")
+
+
+def _replay_matches(engine: Any, execution_id: str, tenant: str, data: Mapping[str, Any]) -> bool:
+    """Whether replaying the execution's ledger from zero gives its stored projection."""
+    replayed = engine.replay(execution_id, tenant=tenant)
+    return bool(
+        (replayed.name, replayed.status.value, dict(replayed.context))
+        == (data["state"], data["status"], data["context"])
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

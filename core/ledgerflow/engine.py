@@ -31,6 +31,7 @@ from ledgerflow.errors import (
     DefinitionError,
     EventNotFoundError,
     ExecutionNotFoundError,
+    ExpressionError,
     InvalidEventError,
     InvalidInputError,
     LedgerflowError,
@@ -62,7 +63,7 @@ from ledgerflow.model import (
 from ledgerflow.notifiers import Notifier
 from ledgerflow.plugins import Plugins, Source
 from ledgerflow.registry import ActionRegistry
-from ledgerflow.store.sql import SQLStore, StoredRecord
+from ledgerflow.store.sql import ALL_TENANTS, SQLStore, StoredRecord, tenant_scope
 from ledgerflow.transports import Transport, Wakeup
 from ledgerflow.versioning import MigrationReport, Target
 from ledgerflow.versioning import migrate as migrate_executions
@@ -147,9 +148,11 @@ class Lease:
 
 @attrs.frozen(kw_only=True)
 class Timer:
-    """A timer an execution armed on entering a state: it fires ``event`` at ``due_at``
-    unless the execution leaves the state first. ``state`` is ``armed``, ``fired`` (with the
-    id of the event it appended) or ``cancelled``."""
+    """A timer of an execution: it fires ``event`` at ``due_at``. ``kind`` is ``state`` for a
+    timer armed on entering a state (``after`` or ``at``; cancelled if the execution leaves
+    the state first) or ``step`` for an event a step scheduled (``ledgerflow.schedule_event``;
+    cancelled only if the execution completes first, and fired with ``payload``). ``state``
+    is ``armed``, ``fired`` (with the id of the event it appended) or ``cancelled``."""
 
     id: str
     execution_id: str
@@ -162,6 +165,8 @@ class Timer:
     fired_at: float | None
     cancelled_at: float | None
     fired_event_id: str | None
+    kind: str = "state"
+    payload: Mapping[str, JSON] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Timer:
@@ -178,6 +183,8 @@ class Timer:
             fired_at=row.fired_at,
             cancelled_at=row.cancelled_at,
             fired_event_id=row.fired_event_id,
+            kind=row.kind,
+            payload=row.payload,
         )
 
 
@@ -372,11 +379,9 @@ class Engine:
         new_id = execution_id or uuid.uuid4().hex
         _require_name(new_id, "execution id", 64)
         try:
-            with self.store.write() as conn:
+            with self.store.write(tenant=tenant) as conn:
                 self.store.insert_execution(conn, new_id, tenant, state, started)
-                self.store.arm_timers(
-                    conn, new_id, tenant, started.seq, definition.timers(state.name)
-                )
+                _arm_timers(self.store, conn, definition, new_id, tenant, started.seq, state)
         except sa.exc.IntegrityError as exc:
             raise InvalidInputError(
                 f"execution id {new_id!r} cannot be used; choose another"
@@ -421,7 +426,7 @@ class Engine:
             if key.startswith("ledgerflow."):
                 raise InvalidInputError("keys starting with 'ledgerflow.' are ledgerflow's own")
         _require_json(payload, "payload")
-        with self.store.read() as conn:
+        with self.store.read(tenant=tenant) as conn:
             row = self.store.execution_row(conn, execution_id, tenant)
         if row is None:
             raise ExecutionNotFoundError(f"execution {execution_id} not found")
@@ -446,7 +451,7 @@ class Engine:
         last_conflict: Exception | None = None
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
-                with self.store.write() as conn:
+                with self.store.write(tenant=tenant) as conn:
                     event_id, event = self._append_in(conn, execution_id, tenant, make, key)
                 if event is not None:
                     self._enqueued(execution_id, tenant, event_id, event)
@@ -526,7 +531,7 @@ class Engine:
         for timer_id, execution_id, tenant in self.store.due_timers(now, limit):
             for attempt in range(_COMMIT_ATTEMPTS):
                 try:
-                    with self.store.write() as conn:
+                    with self.store.write(tenant=tenant) as conn:
                         row = self.store.claim_timer(conn, timer_id, now)
                         if row is None:
                             break  # fired, cancelled, or being fired by another worker
@@ -534,7 +539,7 @@ class Engine:
                             conn,
                             execution_id,
                             tenant,
-                            _timer_event(row.event),
+                            _timer_event(row.event, row.payload),
                             f"ledgerflow.timer:{timer_id}",
                         )
                         self.store.mark_timer_fired(conn, timer_id, event_id)
@@ -557,7 +562,7 @@ class Engine:
         """Every timer the execution armed, in the order armed: armed, fired or cancelled.
         Raises :class:`ExecutionNotFoundError` if it does not exist for ``tenant``."""
         _require_tenant(tenant)
-        with self.store.read() as conn:
+        with self.store.read(tenant=tenant) as conn:
             if self.store.execution_row(conn, execution_id, tenant) is None:
                 raise ExecutionNotFoundError(f"execution {execution_id} not found")
             rows = self.store.timer_rows(conn, execution_id, tenant)
@@ -582,7 +587,7 @@ class Engine:
             if not isinstance(requested_by, str):
                 raise InvalidInputError("requested_by must be a string")
             _require_name(requested_by, "requester")
-        with self.store.read() as conn:
+        with self.store.read(tenant=tenant) as conn:
             row = self.store.execution_row(conn, execution_id, tenant)
             if row is None:
                 raise ExecutionNotFoundError(f"execution {execution_id} not found")
@@ -679,7 +684,7 @@ class Engine:
         """The execution's projection. Raises :class:`ExecutionNotFoundError` if it does not
         exist for ``tenant``."""
         _require_tenant(tenant)
-        with self.store.read() as conn:
+        with self.store.read(tenant=tenant) as conn:
             row = self.store.execution_row(conn, execution_id, tenant)
         if row is None:
             raise ExecutionNotFoundError(f"execution {execution_id} not found")
@@ -700,7 +705,7 @@ class Engine:
     def history(self, execution_id: str, *, tenant: str) -> list[HistoryEntry]:
         """Every record of the execution's ledger, in seq order."""
         _require_tenant(tenant)
-        with self.store.read() as conn:
+        with self.store.read(tenant=tenant) as conn:
             if self.store.execution_row(conn, execution_id, tenant) is None:
                 raise ExecutionNotFoundError(f"execution {execution_id} not found")
             stored = self.store.records(conn, execution_id, tenant)
@@ -723,7 +728,7 @@ class Engine:
         """Where the event stands. Raises :class:`EventNotFoundError` if it does not exist for
         ``tenant``."""
         _require_tenant(tenant)
-        with self.store.read() as conn:
+        with self.store.read(tenant=tenant) as conn:
             row = self.store.event_row(conn, event_id, tenant)
         if row is None or row.kind != "event_received":
             raise EventNotFoundError(f"event {event_id} not found")
@@ -772,13 +777,29 @@ class Engine:
         transaction, after the lease is checked: a worker that lost its lease writes nothing
         (:class:`~ledgerflow.errors.LeaseLostError`). ``should_stop`` is asked between events,
         so a stopping worker hands the execution back without leaving half an event recorded.
+        Everything it does, the actions it runs included, is scoped to ``tenant``
+        (:func:`~ledgerflow.store.tenant_scope`).
         """
-        with self.store.read() as conn:
+        with tenant_scope(tenant):
+            return self._process(execution_id, tenant, lease, should_stop)
+
+    def _process(
+        self, execution_id: str, tenant: str, lease: Lease, should_stop: Callable[[], bool]
+    ) -> int:
+        with self.store.read(tenant=tenant) as conn:
             row = self.store.execution_row(conn, execution_id, tenant)
             if row is None:
                 raise ExecutionNotFoundError(f"execution {execution_id} not found")
             after = min(row.decided_seq, row.projection_seq)
             tail = self.store.records(conn, execution_id, tenant, after=after)
+            undecided = [
+                s.event_id
+                for s in tail
+                if s.record.kind == "event_received" and s.record.seq > row.decided_seq
+            ]
+            # the results already recorded for the events to decide, read once for all of them
+            recorded = self.store.action_results_for(conn, execution_id, undecided)
+        read_ahead = set(undecided)
         definition = self.definition(row.workflow, row.version)
         state = State(
             workflow=row.workflow,
@@ -798,15 +819,25 @@ class Engine:
             if s.record.kind == "event_received" and s.record.seq > state.decided_seq
         ]
         processed = 0
+        settled = False  # the last commit saw nothing new and marked the wake-ups handled
         while not should_stop():
             if not pending:
+                if settled:
+                    break
                 state, pending = self._settle(definition, execution_id, tenant, lease, state)
                 if not pending:
                     break
             current = pending.pop(0)
             state, arrived = self._process_event(
-                definition, execution_id, tenant, lease, state, current
+                definition,
+                execution_id,
+                tenant,
+                lease,
+                state,
+                current,
+                recorded if current.event_id in read_ahead else None,
             )
+            settled = not arrived
             pending += arrived
             processed += 1
         return processed
@@ -816,7 +847,7 @@ class Engine:
     ) -> tuple[State, list[StoredRecord]]:
         """With nothing left to decide: mark the execution's wake-ups handled, unless events
         arrived meanwhile, which are returned to be processed."""
-        with self.store.write() as conn:
+        with self.store.write(tenant=tenant) as conn:
             self.store.fence(conn, execution_id, lease.owner, lease.token, lease.ttl)
             arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
             waiting = [a for a in arrived if a.record.kind == "event_received"]
@@ -832,6 +863,7 @@ class Engine:
         lease: Lease,
         state: State,
         stored: StoredRecord,
+        recorded: Mapping[str, JSON] | None = None,
     ) -> tuple[State, list[StoredRecord]]:
         event = stored.record
         assert isinstance(event, EventReceived)
@@ -847,10 +879,12 @@ class Engine:
         if event.origin == "system" and event.name == RETRY_EVENT:
             plan = self._retry_plan(definition, execution_id, tenant, lease, state, stored)
         else:
-            plan = self._event_plan(definition, execution_id, tenant, lease, state, stored)
+            plan = self._event_plan(
+                definition, execution_id, tenant, lease, state, stored, recorded
+            )
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
-                with self.store.write() as conn:
+                with self.store.write(tenant=tenant) as conn:
                     self.store.fence(conn, execution_id, lease.owner, lease.token, lease.ttl)
                     self.store.lock_execution(conn, execution_id)
                     arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
@@ -994,8 +1028,10 @@ class Engine:
         lease: Lease,
         state: State,
         stored: StoredRecord,
+        recorded: Mapping[str, JSON] | None = None,
     ) -> _Plan:
-        """Decide a client's (or timer's) event and run the steps of the transition it applies."""
+        """Decide a client's (or timer's) event and run the steps of the transition it applies
+        (``recorded``: the results recorded for its steps, if read already)."""
         event = stored.record
         assert isinstance(event, EventReceived)
         decision = machine.decide(definition, state, event)
@@ -1008,7 +1044,11 @@ class Engine:
             return _Plan(rejected, [(event.seq, "rejected", *reason)])
         compiled = next(ct for ct in definition.transitions if ct.id == decision.transition)
         job = self._job(execution_id, tenant, lease, stored.event_id, compiled.steps, event, state)
-        result = self.runner.run(job)
+        if compiled.steps:
+            job = attrs.evolve(job, recorded=recorded)
+            result = self.runner.run(job)
+        else:
+            result = RunResult(outcomes=())
         context_steps = _context_steps(compiled.steps)
 
         def build(first: int) -> list[Record]:
@@ -1048,7 +1088,7 @@ class Engine:
             return _Plan(
                 not_failed, [(event.seq, "rejected", RejectReason.NOT_FAILED.value, detail)]
             )
-        with self.store.read() as conn:
+        with self.store.read(tenant=tenant) as conn:
             ledger = self.store.records(conn, execution_id, tenant)
         failed = next(s.record for s in reversed(ledger) if isinstance(s.record, ExecutionFailed))
         n = failed.event_seq
@@ -1130,9 +1170,12 @@ class Engine:
         )
 
 
-def _timer_event(name: str) -> Callable[[int], EventReceived]:
-    """What a timer appends: its event, sent by the timer, with no payload."""
-    return lambda seq: EventReceived(seq=seq, name=name, origin="timer")
+def _timer_event(name: str, payload: Mapping[str, JSON] | None) -> Callable[[int], EventReceived]:
+    """What a timer appends: its event, sent by the timer, with the payload a step scheduled
+    it with (a state's timer has none)."""
+    return lambda seq: EventReceived(
+        seq=seq, name=name, payload=dict(payload or {}), origin="timer"
+    )
 
 
 def _reset_timers(
@@ -1150,11 +1193,37 @@ def _reset_timers(
     moves = [r for r in new if isinstance(r, TransitionApplied | TransitionReverted)]
     if not moves:
         return
-    store.cancel_timers(conn, execution_id)
-    if after.status is Status.COMPLETED:
+    finished = after.status is Status.COMPLETED
+    store.cancel_timers(conn, execution_id, scheduled=finished)
+    if finished:
         return
     last = moves[-1]
-    store.arm_timers(conn, execution_id, tenant, last.seq, definition.timers(last.target))
+    _arm_timers(store, conn, definition, execution_id, tenant, last.seq, after)
+
+
+def _arm_timers(
+    store: SQLStore,
+    conn: sa.Connection,
+    definition: Definition,
+    execution_id: str,
+    tenant: str,
+    seq: int,
+    state: State,
+) -> None:
+    """Arm the timers of the state the execution is in: each ``after`` from now, each ``at``
+    at the time its expression gives over the context (none for ``null``, and none, with a
+    warning, for an expression that fails or gives no time: the state is entered all the
+    same)."""
+    due: list[tuple[str, float]] = []
+    for event, deadline in definition.deadlines(state.name):
+        try:
+            moment = deadline.moment({"context": state.context, "state": state.name})
+        except ExpressionError as exc:
+            log.warning("execution %s: the timer for %s is not armed: %s", execution_id, event, exc)
+            continue
+        if moment is not None:
+            due.append((event, moment))
+    store.arm_timers(conn, execution_id, tenant, seq, definition.timers(state.name), at=due)
 
 
 @attrs.frozen
@@ -1246,6 +1315,8 @@ _MAX_NAME = 200
 def _require_tenant(tenant: object) -> None:
     if not isinstance(tenant, str) or not tenant.strip():
         raise InvalidInputError("a tenant is required: a non-empty string")
+    if tenant == ALL_TENANTS:
+        raise InvalidInputError(f"{ALL_TENANTS!r} is not a tenant: it stands for every tenant")
     _require_name(tenant, "tenant")
 
 

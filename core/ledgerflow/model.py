@@ -152,7 +152,10 @@ class Transition:
     ``state``, is true (always when absent). ``set`` assigns context keys from values or
     ``{expr: …}`` expressions when the transition applies. ``after`` (a duration such as
     ``48h`` or ``PT48H``) arms a timer that fires ``on`` when the execution has stayed that long
-    in a source state.
+    in a source state. ``at``, an expression over ``context`` and ``state``, arms one that
+    fires ``on`` at the time it gives when the source state is entered: a timestamp
+    (``timestamp(context.due) + duration("24h")``), an ISO 8601 string, or seconds since the
+    epoch; ``null`` arms nothing. A transition has ``after`` or ``at``, not both.
     """
 
     name: str | None = None
@@ -164,6 +167,7 @@ class Transition:
     set: Mapping[str, JSON] = attrs.field(factory=dict, converter=_dict)
     steps: tuple[Step, ...] = attrs.field(default=(), converter=_steps)
     after: str | None = None
+    at: str | None = None
 
 
 @attrs.frozen(kw_only=True)
