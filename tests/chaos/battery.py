@@ -187,6 +187,18 @@ class Fleet:
         self.processes.append(process)
         return process
 
+    def wait_ready(self, engine: Engine, timeout: float) -> None:
+        """Wait until every running worker has sent its first heartbeat (it is connected and
+        about to take work)."""
+
+        def ready() -> bool:
+            assert all(p.poll() is None for p in self.processes), self.log()
+            pids = {p.pid for p in self.processes}
+            beating = {r.pid for r in engine.store.worker_rows() if r.stopped_at is None}
+            return pids <= beating
+
+        wait_until(ready, timeout=timeout, what="the workers' first heartbeats")
+
     @property
     def alive(self) -> list[subprocess.Popen[bytes]]:
         """The workers running now."""
@@ -314,6 +326,18 @@ class Load:
             )
         )
         return execution_id
+
+    def decided(self) -> int:
+        """Events decided so far."""
+        with self.engine.store.read(tenant=ALL_TENANTS) as conn:
+            return int(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM lf_events WHERE kind = 'event_received' "
+                        "AND status <> 'pending'"
+                    )
+                ).scalar_one()
+            )
 
     def pending(self) -> int:
         """Acknowledged events not decided yet."""
