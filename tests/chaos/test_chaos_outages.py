@@ -5,6 +5,7 @@ the database is down and succeeds once it is back; nothing acknowledged is lost.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,11 @@ def patiently(load: Load, call: Callable[[], T], *, timeout: float) -> T:
             time.sleep(0.2)
 
 
+def reached(load: Load, decided: float) -> bool:
+    """Whether at least ``decided`` events are decided."""
+    return load.decided() >= decided
+
+
 def test_redis_and_postgresql_restarted_mid_run_lose_nothing(
     chaos: Engine, fleet: Fleet, redis_server: RedisServer, private_pg: PrivatePostgres
 ) -> None:
@@ -53,9 +59,9 @@ def test_redis_and_postgresql_restarted_mid_run_lose_nothing(
             for n in range(run.hits):
                 for x in executions:
                     # a client key makes the retry of an append that did commit harmless
-                    patiently(load, lambda x=x, n=n: load.hit(x, n, key=f"{x}:{n}"), timeout=120)
+                    patiently(load, functools.partial(load.hit, x, n, key=f"{x}:{n}"), timeout=120)
             for number in range(run.invoices):
-                patiently(load, lambda number=number: load.invoice(number), timeout=120)
+                patiently(load, functools.partial(load.invoice, number), timeout=120)
         except BaseException as exc:  # reported by the test's thread
             failure.append(exc)
 
@@ -66,13 +72,13 @@ def test_redis_and_postgresql_restarted_mid_run_lose_nothing(
         # fifths of the events decided
         for fraction in (0.2, 0.4):
             wait_until(
-                lambda f=fraction: load.decided() >= run.events * f,
+                functools.partial(reached, load, run.events * fraction),
                 timeout=run.deadline,
                 what=f"{fraction:.0%} of the events decided",
             )
             redis_server.restart()  # empty: no persistence
         wait_until(
-            lambda: load.decided() >= run.events * 0.6,
+            functools.partial(reached, load, run.events * 0.6),
             timeout=run.deadline,
             what="60% of the events decided",
         )
