@@ -71,7 +71,7 @@ def test_sixteen_clients_on_ten_executions(chaos: Engine, fleet: Fleet) -> None:
     tally = audit(load, canary=canary)
     # each thread's appends to one execution are in the ledger in the order they returned
     with chaos.store.read(tenant=ALL_TENANTS) as conn:
-        seq = dict(
+        seq: dict[str, int] = dict(
             conn.exec_driver_sql(
                 "SELECT event_id, seq FROM lf_events WHERE kind = 'event_received'"
             ).all()
