@@ -780,7 +780,8 @@ class Engine:
         Everything it does, the actions it runs included, is scoped to ``tenant``
         (:func:`~ledgerflow.store.tenant_scope`).
         """
-        with tenant_scope(tenant):
+        # the log fields of the events it takes up end with it
+        with tenant_scope(tenant), logs.bound(execution_id=execution_id, tenant=tenant):
             return self._process(execution_id, tenant, lease, should_stop)
 
     def _process(

@@ -94,9 +94,11 @@ class StepJob:
     """Checks, inside a transaction, that the caller still holds the execution's lease; it
     raises :class:`~ledgerflow.errors.LeaseLostError` otherwise, and nothing commits."""
     recorded: Mapping[str, JSON] | None = None
-    """Every result recorded under this job's keys, by key, if the caller read them (one query
-    for the whole event, while holding the lease); ``None`` and the runner reads each key
-    before calling its action. Either way a recorded result is returned, never re-run."""
+    """The results recorded under this job's keys, by key, if the caller read them (one query
+    for the whole event, while holding the lease): a key found there is not read again, and a
+    database action whose key is not there runs without a read first (its transaction refuses
+    a second result, effect and all). ``None``: every key is read before its action runs.
+    Either way a recorded result is returned, never re-run."""
 
 
 @attrs.frozen(kw_only=True)
@@ -491,10 +493,13 @@ class GraphRunner:
     def _call(
         self, job: StepJob, step: Step, name: str, params: JSON, key: str, attempt: int
     ) -> JSON:
-        if job.recorded is not None:
-            if key in job.recorded:
-                return job.recorded[key]
-        else:
+        if job.recorded is not None and key in job.recorded:
+            return job.recorded[key]
+        known = self.registry.get(name) if name in self.registry else None
+        if job.recorded is None or known is None or known.kind != "database":
+            # read now: a result read earlier may be stale if the lease was taken over since,
+            # and only a database action's own transaction refuses a second result (with its
+            # effect) by itself
             with _store_errors(), self.store.read(tenant=job.tenant) as conn:
                 found, recorded = self.store.action_result(conn, key)
             if found:

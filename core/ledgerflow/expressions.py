@@ -241,6 +241,10 @@ def compile_expression(source: str) -> Expression:
     return Expression(source, program, environment.functions)
 
 
+# the seconds since the epoch that a datetime can show: from the year 1 to 9999
+_EPOCH_RANGE = (-62135596800.0, 253402300799.0)
+
+
 def as_moment(value: Any, source: str = "") -> float | None:
     """``value`` as seconds since the epoch, or ``None`` for ``None``: a datetime, an ISO 8601
     string (UTC unless it says otherwise) or a number of seconds since the epoch. Raises
@@ -256,7 +260,13 @@ def as_moment(value: Any, source: str = "") -> float | None:
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.UTC)
         return float(value.timestamp())
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not _EPOCH_RANGE[0] <= value <= _EPOCH_RANGE[1]:
+            raise ExpressionError(
+                f"{str(value)[:40]} seconds since the epoch is not a time between the years 1 "
+                "and 9999",
+                source=source,
+            )
         return float(value)
     raise ExpressionError(
         f"a time must be a timestamp, an ISO 8601 string or seconds since the epoch, "

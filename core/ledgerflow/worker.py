@@ -67,9 +67,10 @@ class Worker:
     whichever thread comes first; their events are then processed like any other.
 
     ``tenant_limit`` caps how many executions of one tenant the workers sharing the database
-    hold at once (counted over their live leases), so one noisy tenant cannot take every
-    worker: wake-ups are then taken round-robin across tenants, and a received wake-up of a
-    tenant at its limit goes back to the end of the broker's queue.
+    work on at once (counted over their live leases; an execution held back after a failure
+    does not count), so one noisy tenant cannot take every worker: the tenant holding the
+    fewest executions is served first, and a received wake-up of a tenant at its limit is
+    acknowledged and left to the outbox relay, which sends it again after ``relay_after``.
     """
 
     def __init__(
@@ -399,11 +400,10 @@ class Worker:
         if self.tenant_limit is not None and self.store.tenant_at_limit(
             wakeup.tenant, self.tenant_limit
         ):
-            # to the back of the queue: the tenant's running executions come first, and the
-            # wake-ups of other tenants behind this one are not held back by it
-            self.broker.publish([wakeup])
+            # acknowledged without acting: its outbox row stays unhandled, so the relay sends
+            # it again after relay_after, and meanwhile the wake-ups of other tenants behind
+            # it are not held back
             self.broker.ack([delivery])
-            self._stopping.wait(min(0.05, self.poll_interval))
             return
         token = self.store.take_lease(
             wakeup.execution_id, self.id, self.lease_ttl, tenant=wakeup.tenant
@@ -496,6 +496,10 @@ class Worker:
     def _sweep(self) -> tuple[str, str, int] | None:
         """Find an undecided event whose wake-up was lost, and take its execution."""
         for execution_id, tenant in self.store.pending_executions(self.concurrency * 4):
+            if self.tenant_limit is not None and self.store.tenant_at_limit(
+                tenant, self.tenant_limit
+            ):
+                continue
             token = self.store.take_lease(execution_id, self.id, self.lease_ttl, tenant=tenant)
             if token is not None:
                 return execution_id, tenant, token
@@ -576,7 +580,9 @@ class Worker:
                 self._held.pop(execution_id, None)
             if cooldown is not None:
                 try:
-                    self.store.renew_lease(execution_id, self.id, token, cooldown)
+                    # parked: nobody works on it meanwhile, so it does not count towards its
+                    # tenant's limit
+                    self.store.renew_lease(execution_id, self.id, token, cooldown, parked=True)
                 except Exception as exc:  # the lease expires by itself
                     log.warning("worker %s: could not hold %s: %s", self.id, execution_id, exc)
         return cooldown is None

@@ -1,5 +1,5 @@
 """Tenants are walls: every public call answers "not found" for another tenant's execution or
-event, and on PostgreSQL row-level security keeps even a careless (or hostile) query of a
+event, and on PostgreSQL row-level security keeps even a careless query of a
 database action inside its execution's tenant."""
 
 from __future__ import annotations
@@ -212,8 +212,9 @@ def test_a_database_action_sees_and_changes_only_its_own_tenants_rows(
 ) -> None:
     engine = pg_engine
     # two tenants, each with an approved invoice written by the workflow's own actions
+    invoices = {}
     for tenant, invoice_id in ((ACME, "A-1"), (GLOBEX, "G-1")):
-        x = engine.create_execution("InvoiceApproval", tenant=tenant)
+        x = invoices[tenant] = engine.create_execution("InvoiceApproval", tenant=tenant)
         engine.enqueue_event(
             x, "CreateInvoice", tenant=tenant, role="clerk", payload=_invoice(50.0, invoice_id)
         )
@@ -231,6 +232,16 @@ def test_a_database_action_sees_and_changes_only_its_own_tenants_rows(
     assert result["invoices_seen"] == [GLOBEX]
     assert result["executions_seen"] == [GLOBEX]
     assert result["invoices_updated"] == 1
+    # globex's ledgers as they stood: its invoice's, and the snoop's first two records
+    assert result["events_seen"] == len(engine.history(invoices[GLOBEX], tenant=GLOBEX)) + 2
+    assert result["outbox_deleted"] >= 1  # its own wake-ups only
+    with engine.store.read(tenant=ALL_TENANTS) as conn:
+        tenants = {r[0] for r in conn.exec_driver_sql("SELECT tenant FROM lf_events")}
+        acme_ledgers = conn.exec_driver_sql(
+            "SELECT count(*) FROM lf_events WHERE tenant = 'acme'"
+        ).scalar_one()
+    assert tenants == {ACME, GLOBEX}
+    assert acme_ledgers > 0
     # acme's rows are untouched
     acme = invoice_app.rows(engine, ACME)
     assert [r["status"] for r in acme["invoices"]] != ["tampered"]
@@ -278,6 +289,32 @@ def test_the_wall_holds_for_the_tables_owner_and_is_put_once(pg_engine: Engine) 
         assert tenant_wall(conn, invoice_app.invoices) is False  # already there
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_wall_goes_on_a_table_in_another_schema(pg_engine: Engine) -> None:
+    engine = pg_engine
+    metadata = sa.MetaData()
+    notes = sa.Table(
+        "notes",
+        metadata,
+        sa.Column("tenant", sa.String(200), primary_key=True),
+        sa.Column("id", sa.Integer, primary_key=True),
+        schema="walled",
+    )
+    with engine.store.write() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS walled")
+        metadata.create_all(conn)
+        assert tenant_wall(conn, notes) is True
+        assert tenant_wall(conn, "walled.notes") is False
+    try:
+        with engine.store.write(tenant=ALL_TENANTS) as conn:
+            conn.execute(notes.insert(), [{"tenant": ACME, "id": 1}, {"tenant": GLOBEX, "id": 2}])
+        with engine.store.read(tenant=GLOBEX) as conn:
+            assert [r.id for r in conn.execute(sa.select(notes))] == [2]
+    finally:
+        with engine.store.write() as conn:
+            conn.exec_driver_sql("DROP SCHEMA walled CASCADE")
+
+
 def test_tenant_wall_is_a_no_op_on_sqlite(tmp_path: Any) -> None:
     engine = Engine(f"sqlite:///{tmp_path}/walls.db")
     try:
@@ -322,7 +359,6 @@ def test_claims_go_round_robin_across_tenants_under_a_limit(engine: Engine) -> N
 
 
 def test_a_tenant_at_its_limit_is_passed_over(engine: Engine) -> None:
-    clock_now = engine.store.clock()
     noisy = [engine.create_execution("InvoiceApproval", tenant=ACME) for _ in range(3)]
     for x in noisy:
         engine.enqueue_event(x, "CreateInvoice", tenant=ACME, role="clerk", payload=INVOICE)
@@ -333,7 +369,24 @@ def test_a_tenant_at_its_limit_is_passed_over(engine: Engine) -> None:
     assert not store.tenant_at_limit(GLOBEX, 1)
     assert store.claim("w3", 30.0, tenant_limit=2) is None  # acme holds two leases
     assert store.claim("w3", 30.0, tenant_limit=3) is not None
-    assert store.clock() >= clock_now
+
+
+def test_an_execution_held_back_after_a_failure_does_not_count_towards_the_limit(
+    engine: Engine,
+) -> None:
+    held = [engine.create_execution("InvoiceApproval", tenant=ACME) for _ in range(2)]
+    for x in held:
+        engine.enqueue_event(x, "CreateInvoice", tenant=ACME, role="clerk", payload=INVOICE)
+    store = engine.store
+    claimed = store.claim("w1", 30.0, tenant_limit=1)
+    assert claimed is not None
+    assert store.tenant_at_limit(ACME, 1)
+    # the worker parks it for a pause after a failure: nobody works on it meanwhile
+    assert store.renew_lease(claimed[0], "w1", claimed[2], 120.0, parked=True)
+    assert not store.tenant_at_limit(ACME, 1)
+    other = store.claim("w2", 30.0, tenant_limit=1)
+    assert other is not None
+    assert other[0] != claimed[0]
 
 
 def test_worker_refuses_a_limit_below_one(engine: Engine, tmp_path: Any) -> None:

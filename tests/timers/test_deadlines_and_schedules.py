@@ -10,7 +10,8 @@ import pytest
 
 from ledgerflow import definitions
 from ledgerflow.engine import Engine
-from ledgerflow.errors import DefinitionError
+from ledgerflow.errors import DefinitionError, ExpressionError
+from ledgerflow.expressions import as_moment
 from ledgerflow.model import EventReceived, ExecutionFailed
 from ledgerflow.testing import Clock
 from ledgerflow.worker import Worker
@@ -180,3 +181,18 @@ def test_scheduling_needs_after_or_at_but_not_both(renewal: Engine) -> None:
     failed = renewal.history(x, tenant=TENANT)[-1].record
     assert isinstance(failed, ExecutionFailed)
     assert "either 'after'" in failed.reason
+
+
+@pytest.mark.parametrize("value", [1e20, 10**400, float("nan"), -1e15, True, [1], "noon"])
+def test_a_value_outside_the_calendar_is_not_a_time(value: object) -> None:
+    with pytest.raises(ExpressionError):
+        as_moment(value)
+
+
+def test_times_in_every_accepted_form(clock: Clock) -> None:
+    assert as_moment(None) is None
+    assert as_moment(1_700_000_000) == 1_700_000_000.0
+    assert as_moment("2026-03-01T09:00:00+00:00") == START.timestamp()
+    assert as_moment("2026-03-01T10:00:00+01:00") == START.timestamp()
+    assert as_moment("2026-03-01T09:00:00") == START.timestamp()  # UTC unless it says
+    assert as_moment(START) == START.timestamp()

@@ -168,7 +168,8 @@ def tenant_scope(tenant: str) -> Iterator[None]:
 
 
 def tenant_wall(conn: Connection, table: sa.Table | str, *, column: str = "tenant") -> bool:
-    """Put ledgerflow's tenant wall on an application table: on PostgreSQL, enable (and force,
+    """Put ledgerflow's tenant wall on an application table (a :class:`sqlalchemy.Table`, or
+    a name, ``schema.name`` for one outside the current schema): on PostgreSQL, enable (and force,
     for its owner too) row-level security with a policy that shows and lets a transaction
     change only the rows whose ``column`` is the tenant it acts for (:func:`tenant_scope`, and
     every transaction of a step). Database actions then cannot read or write another
@@ -180,25 +181,30 @@ def tenant_wall(conn: Connection, table: sa.Table | str, *, column: str = "tenan
     """
     if conn.dialect.name != "postgresql":
         return False
-    name = table if isinstance(table, str) else table.name
+    if isinstance(table, str):
+        schema, _, name = table.rpartition(".")
+    else:
+        schema, name = table.schema or "", table.name
     present = conn.execute(
         sa.text(
             "SELECT 1 FROM pg_policies WHERE tablename = :table "
-            "AND policyname = 'ledgerflow_tenant_wall' AND schemaname = current_schema()"
+            "AND policyname = 'ledgerflow_tenant_wall' "
+            "AND schemaname = coalesce(nullif(:schema, ''), current_schema())"
         ),
-        {"table": name},
+        {"table": name, "schema": schema},
     ).first()
     if present is not None:
         return False
     quote = conn.dialect.identifier_preparer.quote
+    target = f"{quote(schema)}.{quote(name)}" if schema else quote(name)
     rule = (
         f"{quote(column)} = current_setting('ledgerflow.tenant', true) "
         "OR current_setting('ledgerflow.tenant', true) = '*'"
     )
-    conn.exec_driver_sql(f"ALTER TABLE {quote(name)} ENABLE ROW LEVEL SECURITY")
-    conn.exec_driver_sql(f"ALTER TABLE {quote(name)} FORCE ROW LEVEL SECURITY")
+    conn.exec_driver_sql(f"ALTER TABLE {target} ENABLE ROW LEVEL SECURITY")
+    conn.exec_driver_sql(f"ALTER TABLE {target} FORCE ROW LEVEL SECURITY")
     conn.exec_driver_sql(
-        f"CREATE POLICY ledgerflow_tenant_wall ON {quote(name)} USING ({rule}) WITH CHECK ({rule})"
+        f"CREATE POLICY ledgerflow_tenant_wall ON {target} USING ({rule}) WITH CHECK ({rule})"
     )
     return True
 
@@ -691,11 +697,12 @@ class SQLStore:
         """Take the lease of one execution with an unhandled wake-up, oldest first; returns
         ``(execution_id, tenant, token)`` or ``None`` when there is nothing free to take.
 
-        With ``tenant_limit``, wake-ups are taken round-robin across tenants (each tenant's
-        oldest first, then each one's second oldest, …), so a tenant with a long queue does not
-        hold back another's single event, and a tenant whose executions already hold
-        ``tenant_limit`` live leases is passed over. Two claims racing may each see the tenant
-        one below its limit: the limit is kept to within the number of claiming workers.
+        With ``tenant_limit``, each tenant's oldest wake-up of an execution nobody holds is a
+        candidate, and the tenant whose executions hold the fewest live leases goes first (the
+        oldest wake-up breaks ties): a tenant with a long queue does not hold back another's
+        single event, and a tenant already holding ``tenant_limit`` live leases is passed
+        over. Two claims racing may each see the tenant one below its limit: the limit is kept
+        to within the number of claiming workers.
 
         On PostgreSQL the wake-ups are read ``FOR UPDATE SKIP LOCKED`` in the same transaction
         that takes the lease, so concurrent workers are handed different executions.
@@ -716,20 +723,18 @@ class SQLStore:
                 .where(leases.c.tenant == outbox.c.tenant, leases.c.expires_at > now)
                 .scalar_subquery()
             )
-            turn = (
-                sa.select(
-                    outbox.c.id,
-                    sa.func.row_number()
-                    .over(partition_by=outbox.c.tenant, order_by=outbox.c.id)
-                    .label("turn"),
-                )
-                .where(outbox.c.published_at.is_(None))
-                .subquery("turns")
+            # each tenant's oldest wake-up of an execution nobody holds: one turn per tenant
+            firsts = (
+                sa.select(sa.func.min(outbox.c.id).label("id"))
+                .where(outbox.c.published_at.is_(None), ~live)
+                .group_by(outbox.c.tenant)
+                .subquery("firsts")
             )
+            # the tenant holding the fewest executions first, then the oldest wake-up
             query = (
-                query.join(turn, turn.c.id == outbox.c.id)
+                query.join(firsts, firsts.c.id == outbox.c.id)
                 .where(busy < tenant_limit)
-                .order_by(turn.c.turn, outbox.c.id)
+                .order_by(busy, outbox.c.id)
             )
         query = query.limit(32)
         if self.dialect == "postgresql":
@@ -873,16 +878,23 @@ class SQLStore:
                 f"execution {execution_id}: lease {token} of {owner} was taken over"
             )
 
-    def renew_lease(self, execution_id: str, owner: str, token: int, ttl: float) -> bool:
+    def renew_lease(
+        self, execution_id: str, owner: str, token: int, ttl: float, *, parked: bool = False
+    ) -> bool:
         """Extend a held lease; ``False`` if it was lost or given up. A lease its holder gave
         up (``expires_at`` 0) is never brought back: a renewal racing with the release (the
         worker's renewer thread took its list of leases just before) must not hold the
-        execution for another ``ttl`` with nobody working on it."""
+        execution for another ``ttl`` with nobody working on it. A ``parked`` lease (an
+        execution held back after a failure, nobody working on it) no longer counts towards
+        its tenant's limit."""
+        values: dict[str, Any] = {"expires_at": self.clock() + ttl}
+        if parked:
+            values["tenant"] = None
         with self.write() as conn:
             renewed = conn.execute(
                 leases.update()
                 .where(_held_by(execution_id, owner, token), leases.c.expires_at > 0)
-                .values(expires_at=self.clock() + ttl)
+                .values(values)
             ).rowcount
         return renewed == 1
 
