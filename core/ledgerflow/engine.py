@@ -106,6 +106,23 @@ class Execution:
     created_at: float
     updated_at: float
 
+    @classmethod
+    def from_row(cls, row: Any) -> Execution:
+        """The execution stored in ``row`` of ``lf_executions``."""
+        return cls(
+            id=row.id,
+            tenant=row.tenant,
+            workflow=row.workflow,
+            version=row.version,
+            state=row.state,
+            context=row.context,
+            status=Status(row.status),
+            seq=row.projection_seq,
+            decided_seq=row.decided_seq,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
 
 @attrs.frozen(kw_only=True)
 class HistoryEntry:
@@ -121,6 +138,21 @@ class HistoryEntry:
     detail: str | None
     created_at: float
     processed_at: float | None
+
+    @classmethod
+    def from_stored(cls, stored: StoredRecord) -> HistoryEntry:
+        """The entry of a record as the store read it."""
+        return cls(
+            seq=stored.record.seq,
+            kind=stored.record.kind,
+            event_id=stored.event_id,
+            record=stored.record,
+            status=stored.status,
+            outcome=stored.outcome,
+            detail=stored.detail,
+            created_at=stored.created_at,
+            processed_at=stored.processed_at,
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -688,19 +720,7 @@ class Engine:
             row = self.store.execution_row(conn, execution_id, tenant)
         if row is None:
             raise ExecutionNotFoundError(f"execution {execution_id} not found")
-        return Execution(
-            id=row.id,
-            tenant=row.tenant,
-            workflow=row.workflow,
-            version=row.version,
-            state=row.state,
-            context=row.context,
-            status=Status(row.status),
-            seq=row.projection_seq,
-            decided_seq=row.decided_seq,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+        return Execution.from_row(row)
 
     def history(self, execution_id: str, *, tenant: str) -> list[HistoryEntry]:
         """Every record of the execution's ledger, in seq order."""
@@ -709,20 +729,7 @@ class Engine:
             if self.store.execution_row(conn, execution_id, tenant) is None:
                 raise ExecutionNotFoundError(f"execution {execution_id} not found")
             stored = self.store.records(conn, execution_id, tenant)
-        return [
-            HistoryEntry(
-                seq=s.record.seq,
-                kind=s.record.kind,
-                event_id=s.event_id,
-                record=s.record,
-                status=s.status,
-                outcome=s.outcome,
-                detail=s.detail,
-                created_at=s.created_at,
-                processed_at=s.processed_at,
-            )
-            for s in stored
-        ]
+        return [HistoryEntry.from_stored(s) for s in stored]
 
     def event_status(self, event_id: str, *, tenant: str) -> EventInfo:
         """Where the event stands. Raises :class:`EventNotFoundError` if it does not exist for

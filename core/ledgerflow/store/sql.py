@@ -677,15 +677,20 @@ class SQLStore:
             )
         )
 
-    def snapshot_states(self, execution_id: str, tenant: str) -> list[State]:
-        """Every snapshot of the execution, oldest first."""
-        with self.read(tenant=tenant) as conn:
-            rows = conn.execute(
-                sa.select(snapshots.c.state)
-                .where(snapshots.c.execution_id == execution_id, snapshots.c.tenant == tenant)
-                .order_by(snapshots.c.seq)
-            )
-            return [codec.decode_state(r.state) for r in rows]
+    def snapshot_states(
+        self, execution_id: str, tenant: str, *, conn: Connection | None = None
+    ) -> list[State]:
+        """Every snapshot of the execution, oldest first (read in ``conn``'s transaction, or
+        in one of its own)."""
+        if conn is None:
+            with self.read(tenant=tenant) as own:
+                return self.snapshot_states(execution_id, tenant, conn=own)
+        rows = conn.execute(
+            sa.select(snapshots.c.state)
+            .where(snapshots.c.execution_id == execution_id, snapshots.c.tenant == tenant)
+            .order_by(snapshots.c.seq)
+        )
+        return [codec.decode_state(r.state) for r in rows]
 
     # ----------------------------------------------------------------------------------------
     # Wake-ups, leases and fencing

@@ -28,7 +28,7 @@ from ledgerflow import definitions as definitions_module
 from ledgerflow import machine
 from ledgerflow.definitions import Definition
 from ledgerflow.engine import Engine, Execution, HistoryEntry, Lease
-from ledgerflow.errors import LeaseLostError
+from ledgerflow.errors import ExecutionNotFoundError, LeaseLostError
 from ledgerflow.executor import GraphRunner
 from ledgerflow.hookspecs import StepInfo, hookimpl
 from ledgerflow.model import (
@@ -688,13 +688,16 @@ class Harness:
     def results(self, execution_id: str) -> dict[str, JSON]:
         """The action results recorded for the execution, by idempotency key."""
         with self.store.read(tenant=self.tenant) as conn:
-            rows = conn.execute(
-                sa.select(action_results.c.key, action_results.c.result).where(
-                    action_results.c.execution_id == execution_id,
-                    action_results.c.tenant == self.tenant,
-                )
+            return self._results_in(conn, execution_id)
+
+    def _results_in(self, conn: sa.Connection, execution_id: str) -> dict[str, JSON]:
+        rows = conn.execute(
+            sa.select(action_results.c.key, action_results.c.result).where(
+                action_results.c.execution_id == execution_id,
+                action_results.c.tenant == self.tenant,
             )
-            return {row.key: row.result for row in rows}
+        )
+        return {row.key: row.result for row in rows}
 
     def pending(self, execution_id: str) -> list[HistoryEntry]:
         """The execution's events not yet decided."""
@@ -734,8 +737,16 @@ class Harness:
 
     def _look(self, execution_id: str) -> _Look:
         """Everything about one execution, each read once."""
-        history = self.history(execution_id)
-        projection = self.execution(execution_id)
+        # one read transaction: one snapshot of the database for everything checked
+        with self.store.read(tenant=self.tenant) as conn:
+            row = self.store.execution_row(conn, execution_id, self.tenant)
+            if row is None:
+                raise ExecutionNotFoundError(f"execution {execution_id} not found")
+            stored = self.store.records(conn, execution_id, self.tenant)
+            snapshots = self.store.snapshot_states(execution_id, self.tenant, conn=conn)
+            results = self._results_in(conn, execution_id)
+        projection = Execution.from_row(row)
+        history = [HistoryEntry.from_stored(s) for s in stored]
         definition = self.engine.definition(projection.workflow, projection.version)
         records = [entry.record for entry in history]
         return _Look(
@@ -745,8 +756,8 @@ class Harness:
             projection=projection,
             definition=definition,
             replayed=machine.fold(definition, records, versions=self._versions(definition)),
-            snapshots=self.store.snapshot_states(execution_id, self.tenant),
-            results=self.results(execution_id),
+            snapshots=snapshots,
+            results=results,
         )
 
     def _check(self, look: _Look) -> None:
