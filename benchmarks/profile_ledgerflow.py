@@ -7,7 +7,8 @@ a warm-up, then the counters reset and N invoice workflows submitted and run (or
 ``--steps``, N ten-step workflows). It prints, per workflow: the statements PostgreSQL ran
 (by statement, with their calls and time), the transactions committed, the Redis commands;
 and the client's share (from the client's own connection) apart from the workers'. With
-``--py-spy`` each worker is sampled while it works (``py-spy record``, which must be
+``--py-spy`` each worker is sampled while it works (``py-spy record --gil``: only samples
+that hold the GIL, i.e. the workers' own Python CPU time, not their waits; py-spy must be
 installed: ``pip install py-spy``) and the functions with the most samples, own and
 cumulative, are listed.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -63,6 +65,30 @@ def commits(admin_url: str, database: str) -> int:
             "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (database,)
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User and system CPU time the processes ``pids`` have used so far, in seconds (Linux)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def backends(database: str) -> list[int]:
+    """The PostgreSQL server processes serving ``database`` (their titles name it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                title = (
+                    (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+                if title.startswith("postgres:") and f" {database} " in title:
+                    found.append(int(proc.name))
+    return found
 
 
 def reset(admin_url: str, redis_server: RedisServer) -> None:
@@ -116,8 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workflows", type=int, default=1000)
     parser.add_argument("--steps", action="store_true", help="ten-step workflows instead")
     parser.add_argument("--py-spy", action="store_true", help="sample the workers with py-spy")
+    parser.add_argument(
+        "--backlog",
+        action="store_true",
+        help="submit every workflow first, then start the workers: their capacity alone, "
+        "without the client's pace",
+    )
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
+    if args.backlog and args.py_spy:
+        parser.error("--backlog restarts the workers: sample them with py-spy without it")
     n: int = args.workflows
     with contextlib.ExitStack() as stack:
         pg = stack.enter_context(PostgresServer())
@@ -130,7 +164,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         workers = workload.Workers()
         stack.callback(workers.stop)
-        workers.start(system.worker_commands(), system.worker_env(), logdir)
         engine = sa.create_engine(url)
         stack.callback(engine.dispose)
 
@@ -148,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     system.submit(workflow, workload.payload(workflow, i))
 
+        workers.start(system.worker_commands(), system.worker_env(), logdir)
         submit("warm-", 50)
         workload.wait_until(lambda: finished("warm-", 50), 120, workers, "warm-up")
         time.sleep(1)
@@ -168,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             str(proc.pid),
                             "--format",
                             "raw",
+                            "--gil",
                             "--rate",
                             "200",
                             "--output",
@@ -179,11 +214,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 )
             time.sleep(1)
-        started = time.time()
-        submit("wf-", n)
-        submitted = time.time() - started
+        if args.backlog:
+            workers.stop()
+            started = time.time()
+            submit("wf-", n)
+            submitted = time.time() - started
+            workers = workload.Workers()
+            stack.callback(workers.stop)
+            started = time.time()
+            workers.start(system.worker_commands(), system.worker_env(), logdir)
+            worker_cpu, server_cpu = 0.0, cpu_seconds(backends(name))
+        else:
+            worker_cpu = cpu_seconds([p.pid for p in workers.processes])
+            server_cpu = cpu_seconds(backends(name))
+            started = time.time()
+            submit("wf-", n)
+            submitted = time.time() - started
         workload.wait_until(lambda: finished("wf-", n), 600, workers, "run")
         elapsed = time.time() - started
+        worker_cpu = cpu_seconds([p.pid for p in workers.processes]) - worker_cpu
+        server_cpu = cpu_seconds(backends(name)) - server_cpu
         for spy in spies:
             spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
         for spy in spies:
@@ -191,9 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_commit = (commits(pg.admin_url, name) - commits_before) / n
         rows, calls, ms = statements(pg.admin_url, name, n)
         what = "ten-step workflows" if args.steps else "invoice workflows"
+        pace = "from the workers' start (all submitted first)" if args.backlog else "end to end"
         print(
             f"{n} {what} on ledgerflow with the {args.broker} transport, 2 workers: "
-            f"{num(n / elapsed)} workflows/s; submitting took {num(submitted)} s"
+            f"{num(n / elapsed)} workflows/s {pace}; submitting took {num(submitted)} s"
+        )
+        print(
+            f"CPU per workflow: workers {num(1000 * worker_cpu / n)} ms, PostgreSQL backends "
+            f"{num(1000 * server_cpu / n)} ms (with --backlog the workers' start-up included; "
+            "the backends that served the client, none)"
         )
         print(
             f"per workflow: {num(calls)} statements, {num(ms)} ms of statement time, "
