@@ -98,10 +98,11 @@ def consume_loop(redis_url: str, pg_url: str, stopping: threading.Event) -> None
     consumer = f"c{os.getpid()}-{threading.get_ident()}"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         while not stopping.is_set():
-            reply = client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=BATCH, block=200)
+            # [[stream, [(entry id, {field: value}), …]]]: redis-py types it loosely
+            reply: Any = client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=BATCH, block=200)
             if not reply:
                 continue
-            ids = []
+            ids: list[bytes] = []
             for entry_id, fields in reply[0][1]:
                 workflow = json.loads(fields[b"payload"])["workflow"]
                 for action in workload.ACTIONS:
