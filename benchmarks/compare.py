@@ -265,6 +265,9 @@ def summarise(runs: Sequence[dict[str, Any]], entries: Sequence[Entry]) -> list[
                 "workflows_per_second": [r.get("workflows_per_second") for r in mine],
                 "actions_per_second": [r.get("actions_per_second") for r in mine],
                 "steps_per_second": [r.get("steps_per_second") for r in mine],
+                "submit_rate": [
+                    r["workflows"] / r["submit_seconds"] for r in mine if r.get("submit_seconds")
+                ],
                 "submit_p50_ms": percentile(submit, 50) if submit else None,
                 "submit_p99_ms": percentile(submit, 99) if submit else None,
                 "enqueue_p50_ms": percentile(enqueue, 50) if enqueue else None,
@@ -284,6 +287,7 @@ HEADER = [
     "actions/s",
     "x raw floor",
     "submit p50 / p99 ms",
+    "submits/s",
     "steps/s",
     "dup hits",
     "check",
@@ -303,6 +307,7 @@ def table_rows(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
                 spread(s["actions_per_second"]),
                 spread(s["ratio_to_floor"], "x") if s["key"] != "raw" else "1x",
                 submit,
+                spread(s.get("submit_rate", [])),
                 spread(s["steps_per_second"]),
                 str(s["dup_hits"]),
                 "ok" if not s["problems"] else f"FAILED ({len(s['problems'])})",
@@ -402,7 +407,9 @@ def render(results: dict[str, Any], summary: Sequence[dict[str, Any]]) -> str:
         f"Median over {results['rounds']} interleaved round(s), with the min-max; *x raw floor* "
         "is the ratio of a system's workflows/s to the raw floor's in the same round. *Submit*: "
         "one client call that starts a workflow (for ledgerflow, `create_execution` and "
-        "`enqueue_event`, with `enqueue_event` alone in brackets), pooled over the rounds.",
+        "`enqueue_event`, with `enqueue_event` alone in brackets), pooled over the rounds. "
+        "*Submits/s*: N over the time the client took to submit them, while the workers ran: "
+        "where workflows/s comes close to it, the one client, not the workers, set the pace.",
         "",
         markdown_table(HEADER, table_rows(summary)),
         "",

@@ -67,7 +67,14 @@ def test_a_repeat_is_counted_and_a_missing_row_named(effects: sa.Engine) -> None
 def test_the_table_gives_medians_spread_and_ratio_to_the_floor() -> None:
     compare = _module("compare")
     runs: list[dict[str, Any]] = [
-        {"key": "raw", "round": 1, "workflows_per_second": 1000.0, "submit_ms": [0.1]},
+        {
+            "key": "raw",
+            "round": 1,
+            "workflows": 100,
+            "workflows_per_second": 1000.0,
+            "submit_ms": [0.1],
+            "submit_seconds": 0.05,
+        },
         {"key": "raw", "round": 2, "workflows_per_second": 800.0, "submit_ms": [0.1]},
         {
             "key": "lf-redis",
@@ -95,7 +102,8 @@ def test_the_table_gives_medians_spread_and_ratio_to_the_floor() -> None:
     assert lf[1] == "350 (200-500)"
     assert lf[3] == "0.375x (0.250-0.500x)"  # 500/1000 and 200/800, each in its own round
     assert lf[4].startswith("1.50 / ")
-    assert lf[7] == "FAILED (1)"
-    assert rows["raw floor (XADD, 2 consumers, 3 inserts, XACK)"][7] == "ok"
+    assert rows["raw floor (XADD, 2 consumers, 3 inserts, XACK)"][5] == "2,000"
+    assert lf[8] == "FAILED (1)"
+    assert rows["raw floor (XADD, 2 consumers, 3 inserts, XACK)"][8] == "ok"
     markdown = _module("reporting").markdown_table(compare.HEADER, compare.table_rows(summary))
     assert markdown.splitlines()[1].startswith("| --- | ---: |")
