@@ -365,11 +365,16 @@ class Engine:
             if latest is None:
                 raise WorkflowNotFoundError(f"no workflow named {name!r} is registered")
             version = latest
+        return self._definition(name, version)
+
+    def _definition(self, name: str, version: int, conn: sa.Connection | None = None) -> Definition:
+        """The definition ``name`` ``version``, compiled once; read in ``conn``'s transaction
+        when it is not compiled yet and a transaction is open."""
         with self._lock:
             cached = self._definitions.get((name, version))
         if cached is not None:
             return cached
-        body = self.store.definition_body(name, version)
+        body = self.store.definition_body(name, version, conn=conn)
         if body is None:
             raise WorkflowNotFoundError(f"workflow {name!r} has no version {version}")
         definition = definitions_module.compile_workflow(
@@ -446,6 +451,8 @@ class Engine:
         a payload that breaks its schema; nothing is written then.
         """
         _require_tenant(tenant)
+        if payload is not None and not isinstance(payload, Mapping):
+            raise InvalidInputError("the payload must be a JSON object")
         payload = dict(payload or {})
         if role is not None and not isinstance(role, str):
             raise InvalidInputError("role must be a string")
@@ -458,17 +465,20 @@ class Engine:
             if key.startswith("ledgerflow."):
                 raise InvalidInputError("keys starting with 'ledgerflow.' are ledgerflow's own")
         _require_json(payload, "payload")
-        with self.store.read(tenant=tenant) as conn:
-            row = self.store.execution_row(conn, execution_id, tenant)
-        if row is None:
-            raise ExecutionNotFoundError(f"execution {execution_id} not found")
-        definition = self.definition(row.workflow, row.version)
-        self.check_event(definition, event, payload)
+
+        def check(conn: sa.Connection) -> None:
+            # in the appending transaction, under the execution's lock: one round of reads
+            row = self.store.lock_execution_row(conn, execution_id, tenant)
+            if row is None:
+                raise ExecutionNotFoundError(f"execution {execution_id} not found")
+            self.check_event(self._definition(row.workflow, row.version, conn), event, payload)
+
         return self._append_event(
             execution_id,
             tenant,
             lambda seq: EventReceived(seq=seq, name=event, payload=payload, role=role),
             key,
+            check=check,
         )
 
     def _append_event(
@@ -477,14 +487,22 @@ class Engine:
         tenant: str,
         make: Callable[[int], EventReceived],
         key: str | None,
+        *,
+        check: Callable[[sa.Connection], None] | None = None,
     ) -> str:
         """Append the event ``make(seq)`` after the ledger's last record, with its outbox row,
-        retrying when a concurrent append took the seq; a known ``key`` returns its event."""
+        retrying when a concurrent append took the seq; a known ``key`` returns its event.
+        ``check``, given, runs first in the same transaction and locks the execution; what it
+        raises is raised, with nothing written."""
         last_conflict: Exception | None = None
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
                 with self.store.write(tenant=tenant) as conn:
-                    event_id, event = self._append_in(conn, execution_id, tenant, make, key)
+                    if check is not None:
+                        check(conn)
+                    event_id, event = self._append_in(
+                        conn, execution_id, tenant, make, key, locked=check is not None
+                    )
                 if event is not None:
                     self._enqueued(execution_id, tenant, event_id, event)
                 return event_id
@@ -509,15 +527,18 @@ class Engine:
         tenant: str,
         make: Callable[[int], EventReceived],
         key: str | None,
+        *,
+        locked: bool = False,
     ) -> tuple[str, EventReceived | None]:
         """Inside a write transaction: append the event ``make(seq)`` with its outbox row;
         returns its id and the event, or, for a known ``key``, the first event's id and
-        ``None``."""
+        ``None``. ``locked``: the caller holds the execution's lock already."""
         if key is not None:
             existing = self.store.event_by_key(conn, execution_id, key)
             if existing is not None:
                 return existing, None
-        self.store.lock_execution(conn, execution_id)
+        if not locked:
+            self.store.lock_execution(conn, execution_id)
         seq = self.store.last_seq(conn, execution_id) + 1
         event = make(seq)
         (event_id,) = self.store.insert_records(
@@ -1023,9 +1044,9 @@ class Engine:
                 "event": event.name,
                 "state": before.name,
             },
-            fence=lambda conn: self.store.fence(
-                conn, execution_id, lease.owner, lease.token, lease.ttl
-            ),
+            # a step's transaction checks the lease (the event's commit renews it): steps
+            # running side by side do not queue on the lease row
+            fence=lambda conn: self.store.check_lease(conn, execution_id, lease.owner, lease.token),
         )
 
     def _event_plan(
@@ -1340,6 +1361,8 @@ def _require_json(value: Any, what: str) -> None:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"the {what} must be JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidInputError(f"the {what} is nested too deeply to be stored") from exc
     if "\\u0000" in text and holds_nul(value):
         raise InvalidInputError(f"the {what} holds a NUL character, which cannot be stored")
 

@@ -69,6 +69,7 @@ _SET_TENANT = sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)")
 _EXECUTION_ROW = sa.select(executions).where(
     executions.c.id == sa.bindparam("id"), executions.c.tenant == sa.bindparam("tenant")
 )
+_LOCKED_EXECUTION_ROW = _EXECUTION_ROW.with_for_update()
 _LOCK_EXECUTION = (
     sa.select(executions.c.id).where(executions.c.id == sa.bindparam("id")).with_for_update()
 )
@@ -110,6 +111,12 @@ _FENCE = (
     )
     .values(expires_at=sa.bindparam("expires_at"))
 )
+_CHECK_LEASE = sa.select(leases.c.token).where(
+    leases.c.execution_id == sa.bindparam("execution_id"),
+    leases.c.owner == sa.bindparam("owner"),
+    leases.c.token == sa.bindparam("token"),
+)
+_CHECK_LEASE_SHARED = _CHECK_LEASE.with_for_update(read=True)
 _MARK_HANDLED = (
     outbox.update()
     .where(
@@ -418,15 +425,20 @@ class SQLStore:
             )
         )
 
-    def definition_body(self, name: str, version: int) -> dict[str, Any] | None:
-        """The stored body of ``name`` ``version``, if any."""
-        with self.read() as conn:
-            body: dict[str, Any] | None = conn.execute(
-                sa.select(definitions.c.body).where(
-                    definitions.c.name == name, definitions.c.version == version
-                )
-            ).scalar()
-            return body
+    def definition_body(
+        self, name: str, version: int, *, conn: Connection | None = None
+    ) -> dict[str, Any] | None:
+        """The stored body of ``name`` ``version``, if any (read in ``conn``'s transaction, or
+        in one of its own)."""
+        if conn is None:
+            with self.read() as own:
+                return self.definition_body(name, version, conn=own)
+        body: dict[str, Any] | None = conn.execute(
+            sa.select(definitions.c.body).where(
+                definitions.c.name == name, definitions.c.version == version
+            )
+        ).scalar()
+        return body
 
     def latest_version(self, name: str) -> int | None:
         """The highest version registered for ``name``, if any."""
@@ -477,6 +489,12 @@ class SQLStore:
     def execution_row(self, conn: Connection, execution_id: str, tenant: str) -> Any:
         """The execution's row, or ``None`` if it does not exist for ``tenant``."""
         return conn.execute(_EXECUTION_ROW, {"id": execution_id, "tenant": tenant}).first()
+
+    def lock_execution_row(self, conn: Connection, execution_id: str, tenant: str) -> Any:
+        """The execution's row, or ``None`` if it does not exist for ``tenant``, locked until
+        the transaction ends (see :meth:`lock_execution`)."""
+        query = _LOCKED_EXECUTION_ROW if self.dialect == "postgresql" else _EXECUTION_ROW
+        return conn.execute(query, {"id": execution_id, "tenant": tenant}).first()
 
     def lock_execution(self, conn: Connection, execution_id: str) -> None:
         """On PostgreSQL, lock the execution's row until the transaction ends, so that writers
@@ -879,6 +897,21 @@ class SQLStore:
             },
         ).rowcount
         if renewed != 1:
+            raise LeaseLostError(
+                f"execution {execution_id}: lease {token} of {owner} was taken over"
+            )
+
+    def check_lease(self, conn: Connection, execution_id: str, owner: str, token: int) -> None:
+        """Inside a write transaction: raise :class:`LeaseLostError` unless ``owner`` holds
+        the lease with ``token``; on PostgreSQL the lease row is then share-locked until the
+        transaction ends, so no take-over can slip in before it commits, while sibling steps
+        of the same event check it at the same time (a renewal, :meth:`fence`, would make
+        them wait on each other)."""
+        query = _CHECK_LEASE_SHARED if self.dialect == "postgresql" else _CHECK_LEASE
+        held = conn.execute(
+            query, {"execution_id": execution_id, "owner": owner, "token": token}
+        ).first()
+        if held is None:
             raise LeaseLostError(
                 f"execution {execution_id}: lease {token} of {owner} was taken over"
             )
