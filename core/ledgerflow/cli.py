@@ -75,6 +75,12 @@ class _Settings:
                 _load_app(self.app, self._engine)
         return self._engine
 
+    def close(self) -> None:
+        """Close the engine, if one was built (the command is over)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
     def load_app(self) -> None:
         """Load ``--app`` into the engine already built without it."""
         if self.app and self._engine is not None:
@@ -156,6 +162,7 @@ def cli(
 ) -> None:
     """ledgerflow: durable, event-sourced workflows."""
     ctx.obj = _Settings(db, app, broker)
+    ctx.call_on_close(ctx.obj.close)
     logs.configure(log_format, level=logging.DEBUG if debug else logging.WARNING)
 
 
@@ -490,15 +497,18 @@ def worker_command(
     """Process pending events; SIGTERM or SIGINT stops it after the event in hand."""
     from ledgerflow.worker import Worker
 
-    worker = Worker(
-        settings.engine(),
-        concurrency=concurrency,
-        lease_ttl=lease_ttl,
-        poll_interval=poll_interval,
-        health_file=health_file,
-        timer_interval=timer_interval,
-        tenant_limit=tenant_limit,
-    )
+    try:
+        worker = Worker(
+            settings.engine(),
+            concurrency=concurrency,
+            lease_ttl=lease_ttl,
+            poll_interval=poll_interval,
+            health_file=health_file,
+            timer_interval=timer_interval,
+            tenant_limit=tenant_limit,
+        )
+    except ValueError as exc:  # a value click's ranges let through, such as nan
+        raise InvalidInputError(str(exc)) from exc
 
     def _stop(signum: int, _frame: Any) -> None:
         worker.stop()
@@ -633,6 +643,8 @@ def _dead_letter_data(row: Any) -> dict[str, Any]:
         "created_at": row.created_at,
         "retried_at": row.retried_at,
         "discarded_at": row.discarded_at,
+        "settled_by": row.settled_by,
+        "settle_reason": row.settle_reason,
     }
 
 
@@ -682,7 +694,7 @@ def _retry_dead_letter(engine: Engine, row: Any, by: str) -> None:
     engine.transport.publish(
         [Wakeup(execution_id=row.execution_id, tenant=row.tenant, event_id=row.event_id)]
     )
-    if engine.store.settle_dead_letter(row.id, how="retried"):
+    if engine.store.settle_dead_letter(row.id, how="retried", by=by):
         audit.warning("dead letter %s retried by %s", row.id, by)
 
 
@@ -752,19 +764,22 @@ def dead_letters_discard(
     reason: str | None,
     requested_by: str | None,
 ) -> None:
-    """Mark a dead letter discarded (it stays on record, with when), after asking; who and
-    why are logged on ledgerflow.audit."""
+    """Mark a dead letter discarded (it stays on record, with when, who and why), after
+    asking; who and why are also logged on ledgerflow.audit."""
     row = _dead_letter(settings, dead_letter_id)
     if row.retried_at is not None or row.discarded_at is not None:
         raise InvalidInputError(f"dead letter {dead_letter_id} was already settled")
     if not yes:
         click.confirm(f"discard dead letter {dead_letter_id} ({row.reason})?", abort=True)
-    if not settings.engine().store.settle_dead_letter(dead_letter_id, how="discarded"):
+    who = requested_by or _operator()
+    if not settings.engine().store.settle_dead_letter(
+        dead_letter_id, how="discarded", by=who, reason=reason
+    ):
         raise InvalidInputError(f"dead letter {dead_letter_id} was already settled")
     audit.warning(
         "dead letter %s discarded by %s: %s (execution %s, event %s)",
         dead_letter_id,
-        requested_by or _operator(),
+        who,
         reason or "no reason given",
         row.execution_id or "-",
         row.event_id or "-",

@@ -159,6 +159,10 @@ def test_retry_all_retries_every_well_formed_dead_letter_with_progress_and_audit
         f"dead letter {i} retried by ops-alice" for i in good
     )
     assert {a["logger"] for a in audits} == {"ledgerflow.audit"}
+    for dead_letter_id in good:
+        shown = json.loads(cli(db, "dead-letters", "show", dead_letter_id).stdout)
+        assert shown["settled_by"] == "ops-alice"
+        assert shown["retried_at"] is not None
     left = json.loads(cli(db, "dead-letters", "list", "--json").stdout)
     assert [d["id"] for d in left] == [junk]
     assert json.loads(cli(db, "status", "--json").stdout)["dead_letters"] == 1
@@ -188,6 +192,10 @@ def test_discard_asks_and_logs_who_and_why(db: str) -> None:
     assert done.returncode == 0, done.stderr
     assert f"dead letter {junk} discarded" in done.stdout
     assert f"dead letter {junk} discarded by ops-bob: garbage (execution -, event -)" in done.stderr
+    # the audit stays with the dead letter, too
+    kept = json.loads(cli(db, "dead-letters", "show", junk).stdout)
+    assert (kept["settled_by"], kept["settle_reason"]) == ("ops-bob", "garbage")
+    assert kept["discarded_at"] is not None
 
     again = cli(db, "dead-letters", "discard", junk)  # asks nothing: refused at once
     assert (again.returncode, again.stderr.strip()) == (

@@ -189,6 +189,9 @@ dead_letters = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("retried_at", sa.Double),
     sa.Column("discarded_at", sa.Double),
+    # the audit of its settling: who retried or discarded it, and why
+    sa.Column("settled_by", sa.String(200)),
+    sa.Column("settle_reason", sa.Text),
     sa.Index(None, "created_at"),
 )
 

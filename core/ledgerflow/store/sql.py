@@ -1197,9 +1197,16 @@ class SQLStore:
                 sa.select(dead_letters).where(dead_letters.c.id == dead_letter_id)
             ).first()
 
-    def settle_dead_letter(self, dead_letter_id: str, *, how: str) -> bool:
-        """Mark a dead letter ``retried`` or ``discarded``; ``False`` if it was settled
-        already (or does not exist)."""
+    def settle_dead_letter(
+        self,
+        dead_letter_id: str,
+        *,
+        how: str,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        """Mark a dead letter ``retried`` or ``discarded``, keeping who did it and why with
+        it; ``False`` if it was settled already (or does not exist)."""
         column = {"retried": "retried_at", "discarded": "discarded_at"}[how]
         with self.write(tenant=ALL_TENANTS) as conn:
             return bool(
@@ -1210,7 +1217,7 @@ class SQLStore:
                         dead_letters.c.retried_at.is_(None),
                         dead_letters.c.discarded_at.is_(None),
                     )
-                    .values({column: self.clock()})
+                    .values({column: self.clock(), "settled_by": by, "settle_reason": reason})
                 ).rowcount
             )
 

@@ -1,5 +1,6 @@
 """Tenant walls and scheduled events: row-level security on PostgreSQL, the tenant of each
-lease (for per-tenant limits), and timers scheduled by steps.
+lease (for per-tenant limits), timers scheduled by steps, and who settled a dead letter and
+why.
 
 Revision ID: 0005
 Revises: 0004
@@ -44,6 +45,9 @@ def upgrade() -> None:
     with op.batch_alter_table("lf_timers") as batch:
         batch.add_column(sa.Column("kind", sa.String(16), nullable=False, server_default="state"))
         batch.add_column(sa.Column("payload", JSONB))
+    with op.batch_alter_table("lf_dead_letters") as batch:
+        batch.add_column(sa.Column("settled_by", sa.String(200)))
+        batch.add_column(sa.Column("settle_reason", sa.Text))
     op.create_index("ix_lf_leases_tenant_expires_at", "lf_leases", ["tenant", "expires_at"])
     if op.get_bind().dialect.name != "postgresql":
         return
@@ -64,6 +68,9 @@ def downgrade() -> None:
             op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
             op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
     op.drop_index("ix_lf_leases_tenant_expires_at", "lf_leases")
+    with op.batch_alter_table("lf_dead_letters") as batch:
+        batch.drop_column("settle_reason")
+        batch.drop_column("settled_by")
     with op.batch_alter_table("lf_timers") as batch:
         batch.drop_column("payload")
         batch.drop_column("kind")
