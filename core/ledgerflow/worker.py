@@ -13,6 +13,7 @@ hand, releases the leases, and returns; nothing is half-recorded.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -91,8 +92,9 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        if lease_ttl <= 0 or poll_interval <= 0:
-            raise ValueError("lease_ttl and poll_interval must be positive")
+        # written so that NaN fails too: a lease that expires at NaN never expires
+        if not (0 < lease_ttl < math.inf and 0 < poll_interval < math.inf):
+            raise ValueError("lease_ttl and poll_interval must be positive and finite")
         if tenant_limit is not None and tenant_limit < 1:
             raise ValueError("tenant_limit must be at least 1")
         if engine.store.in_memory:
