@@ -425,7 +425,9 @@ class Worker:
         self.store.insert_dead_letter(
             transport=self.broker_scheme,
             transport_id=delivery.id,
-            message=dict(delivery.body),
+            # PostgreSQL cannot store NUL in JSON: escape it, or the message could never be
+            # dead-lettered and would come back for ever
+            message={_no_nul(k): _no_nul(v) for k, v in delivery.body.items()},
             reason=reason,
             deliveries=delivery.deliveries,
             tenant=wakeup.tenant if wakeup else None,
@@ -614,6 +616,10 @@ class Worker:
             self.transport.listen(self._wake.set, self._stopping)
         except Exception:  # polling goes on without wake-ups
             log.exception("worker %s: the transport's listener failed; polling", self.id)
+
+
+def _no_nul(text: str) -> str:
+    return text.replace("\x00", "\\x00")
 
 
 def _version() -> str:

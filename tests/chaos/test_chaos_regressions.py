@@ -1,15 +1,19 @@
 """Regressions: the bugs the battery found, each pinned by a small deterministic test (on SQLite,
-no server needed)."""
+or on the private PostgreSQL and Redis where the bug needs them)."""
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from ledgerflow_redis.testing import RedisServer
+from ledgerflow_redis.transport import RedisTransport
 
 from apps import chaos_app
 from ledgerflow.cli import cli
@@ -84,3 +88,37 @@ def test_the_command_line_closes_its_engine(local: Engine, monkeypatch: pytest.M
         result = CliRunner().invoke(cli, ["--db", local.store.url, "workflow", "list"])
         assert result.exit_code == 0, result.output
         assert len(closed) == n
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {b"\x00": b""},
+        {b"v": b"1", b"execution_id": b"x\x00", b"tenant": b"acme", b"event_id": b"e"},
+    ],
+)
+def test_a_message_holding_nul_is_dead_lettered_on_postgresql(
+    chaos_db: str, redis_server: RedisServer, fields: dict[bytes, bytes]
+) -> None:
+    """PostgreSQL refuses NUL in JSON and in text: recording such a message as a dead letter
+    (or taking a lease for an execution id holding NUL) failed, so it was never acknowledged
+    and came back for ever, each time sending the worker into its database backoff."""
+    url = redis_server.url(streams=1, claim_idle=0.2, claim_every=0.1, max_deliveries=2)
+    engine = Engine(chaos_db, broker=url)
+    chaos_app.setup(engine)
+    worker = Worker(engine, broker=url, poll_interval=0.05)
+    transport = RedisTransport(url)
+    try:
+        with redis_server.client() as client:
+            client.xadd(transport.streams[0], fields)
+        deadline = time.monotonic() + 30
+        while not engine.store.dead_letter_rows():
+            assert time.monotonic() < deadline, "never dead-lettered"
+            worker.run_once()
+        (letter,) = engine.store.dead_letter_rows()
+        assert letter.reason.startswith("malformed message")
+        assert "\x00" not in json.dumps(letter.message)
+        assert not redis_server.pending(transport.streams[0])
+    finally:
+        transport.close()
+        engine.close()

@@ -29,6 +29,8 @@ VERSION = 1
 def _non_empty(_: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{attribute.name} must be a non-empty string")
+    if "\x00" in value:  # no database stores it: the message could never be handled
+        raise ValueError(f"{attribute.name} holds a NUL character")
 
 
 def _current_version(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
