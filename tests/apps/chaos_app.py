@@ -173,7 +173,16 @@ def _snoop(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
             )
     except sa.exc.DBAPIError:
         forged = False  # the wall refused it; the savepoint is rolled back
-    return {"tenants_seen": seen, "updated": updated, "deleted": deleted, "forged": forged}
+    # last, the wall's own switch: claim to act for every tenant
+    conn.exec_driver_sql("SELECT set_config('ledgerflow.tenant', '*', true)")
+    escalated = sorted({r.tenant for r in conn.execute(sa.select(effects.c.tenant))})
+    return {
+        "tenants_seen": seen,
+        "updated": updated,
+        "deleted": deleted,
+        "forged": forged,
+        "tenants_seen_as_all": escalated,
+    }
 
 
 class _KillAfterCommit:
