@@ -74,6 +74,23 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """The reliability battery at its long size (20,000 events, 4 workers, SIGKILLs, Redis and
+    PostgreSQL restarts, a 10-minute soak), then its table written to
+    docs/content/reliability.md (not part of the default sessions; the short size runs with
+    every ``nox -s tests``).
+
+    Needs ``redis-server`` and PostgreSQL's server programs (``pg_config --bindir``): it starts
+    private instances on free ports. ``nox -s chaos -- --size medium`` runs another size; every
+    argument goes to ``tests/chaos/report.py``.
+    """
+    session.install(".[test,postgres]", "./plugins/ledgerflow-redis[test]")
+    session.run(
+        "python", "tests/chaos/report.py", *(session.posargs or ["--size", "long", "--write"])
+    )
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Compare ledgerflow with DBOS Transact, Celery, Dramatiq and a raw floor on the reference
     workload, then measure enqueue latency, replay cost and 1, 2 and 4 workers; write the
