@@ -28,6 +28,7 @@ from ledgerflow import logs
 from ledgerflow.engine import Engine, Lease
 from ledgerflow.errors import (
     CircuitOpenError,
+    ExecutionNotFoundError,
     LeaseLostError,
     LedgerflowError,
     StoreUnavailableError,
@@ -515,6 +516,8 @@ class Worker:
         after a failure (its lease kept for a growing pause)."""
         while True:
             settled = self._process_leased(execution_id, tenant, token)
+            if settled is None:
+                return True  # nothing of it here for this tenant; the lease is given up
             if not settled:
                 return False
             try:
@@ -529,10 +532,14 @@ class Worker:
                 return True
             # a wake-up arrived while we held the lease: it is ours to act on
 
-    def _process_leased(self, execution_id: str, tenant: str, token: int) -> bool:
+    def _process_leased(self, execution_id: str, tenant: str, token: int) -> bool | None:
+        """Process under the lease: ``True`` when everything was committed, ``False`` when the
+        execution is held back after a failure, ``None`` when it is not there for ``tenant``
+        (the lease is given up already)."""
         with self._lock:
             self._held[execution_id] = token
         cooldown: float | None = None
+        gone = False
         try:
             with logs.bound(execution_id=execution_id, tenant=tenant):
                 count = self.engine.process(
@@ -548,6 +555,21 @@ class Worker:
         except LeaseLostError as exc:
             self._count(leases_lost=1)
             log.warning("worker %s: %s", self.id, exc)
+        except ExecutionNotFoundError as exc:
+            # a wake-up naming an execution that is not there for its tenant (a forged or
+            # corrupt message): nothing to hold back; the lease goes at once, so the real
+            # execution's own wake-ups are not kept waiting
+            self._count(errors=1)
+            log.warning(
+                "worker %s: wake-up for %s (tenant %s): %s", self.id, execution_id, tenant, exc
+            )
+            try:
+                self.store.release_lease(execution_id, self.id, token)
+            except Exception as release_error:  # the lease expires by itself
+                log.warning(
+                    "worker %s: could not release %s: %s", self.id, execution_id, release_error
+                )
+            gone = True
         except (StoreUnavailableError, sa.exc.SQLAlchemyError):
             cooldown = self.poll_interval
             raise
@@ -589,7 +611,7 @@ class Worker:
                     self.store.renew_lease(execution_id, self.id, token, cooldown, parked=True)
                 except Exception as exc:  # the lease expires by itself
                     log.warning("worker %s: could not hold %s: %s", self.id, execution_id, exc)
-        return cooldown is None
+        return None if gone else cooldown is None
 
     def _count(self, **increments: int) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from ledgerflow.model import ExecutionFailed, StepSucceeded
 from ledgerflow.registry import ActionContext, Isolation
 from ledgerflow.store import ALL_TENANTS, tenant_scope, tenant_wall
 from ledgerflow.testing import Clock
+from ledgerflow.transports import Wakeup
 from ledgerflow.worker import Worker
 
 ACME, GLOBEX = "acme", "globex"
@@ -413,3 +414,17 @@ def test_a_limited_worker_finishes_every_tenants_work(tmp_path: Any) -> None:
             assert engine.get_execution(x, tenant=tenant).state != "draft"
     finally:
         engine.close()
+
+
+def test_a_wake_up_naming_the_wrong_tenant_does_not_hold_the_execution_back(
+    engine: Engine,
+) -> None:
+    x = engine.create_execution("InvoiceApproval", tenant=ACME)
+    engine.enqueue_event(x, "CreateInvoice", tenant=ACME, role="clerk", payload=INVOICE)
+    worker = Worker(engine, poll_interval=0.05)
+    # a forged (or corrupt) wake-up: the execution's id with another tenant
+    assert worker.handle([Wakeup(execution_id=x, tenant=GLOBEX, event_id="")]) == []
+    assert engine.get_execution(x, tenant=ACME).state == "draft"
+    # the lease went at once: the real wake-up is acted on now, not after a failure's pause
+    assert worker.handle([Wakeup(execution_id=x, tenant=ACME, event_id="")]) == []
+    assert engine.get_execution(x, tenant=ACME).state == "pending_approval"
