@@ -9,7 +9,8 @@ from ledgerflow.transports import Wakeup
 
 from ledgerflow_redis.messages import VERSION, WakeupMessage, decode, decode_fields, encode
 
-names = st.text(min_size=1, max_size=40)
+# what a database can store: any text but NUL (a wake-up holding one is refused, see below)
+names = st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=40)
 wakeups = st.builds(Wakeup, execution_id=names, tenant=names, event_id=names)
 
 
@@ -26,6 +27,15 @@ def test_a_wakeup_comes_back_as_it_went_out(wakeup: Wakeup) -> None:
     fields, problem = decode_fields(raw)
     assert problem is None
     assert decode(fields) == wakeup
+
+
+@settings(deadline=None)
+@given(wakeups, st.sampled_from(["execution_id", "tenant", "event_id"]))
+def test_a_field_holding_nul_is_a_problem_never_a_wakeup(wakeup: Wakeup, field: str) -> None:
+    fields = {**encode(wakeup), field: "a\x00b"}
+    problem = decode(fields)
+    assert isinstance(problem, str)
+    assert "NUL" in problem
 
 
 @settings(deadline=None)
