@@ -363,8 +363,19 @@ class SQLStore:
                 f"cannot reach the database at {self.engine.url.render_as_string()}: "
                 f"{first_line(exc)}"
             ) from exc
-        with conn:
-            yield conn
+        try:
+            with conn:
+                yield conn
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # the server went away mid-transaction (restarted, or the connection was cut):
+            # the transaction did not commit (or, cut during its commit, may have: an append
+            # retried with its client key is harmless); the pool replaces the connection
+            raise StoreUnavailableError(
+                f"lost the connection to the database at "
+                f"{self.engine.url.render_as_string()}: {first_line(exc)}"
+            ) from exc
 
     # ----------------------------------------------------------------------------------------
     # Schema
