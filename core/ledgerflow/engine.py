@@ -335,6 +335,11 @@ class Engine:
         if problems:
             raise DefinitionError(problems)
         body = definitions_module.to_data(definition)
+        if holds_nul(body):
+            raise InvalidInputError(
+                f"{definition.name} v{definition.version}: the definition holds a NUL character "
+                "(\\u0000), which no store can keep"
+            )
         digest = _digest(body)
         try:
             with self.store.write() as conn:

@@ -1,0 +1,35 @@
+"""A definition holding a NUL character anywhere (a parameter's name, say) is refused with a
+typed error when registered, and nothing is written: no store keeps NUL in JSON."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledgerflow import definitions
+from ledgerflow.engine import Engine
+from ledgerflow.errors import InvalidInputError
+
+WORKFLOW = {
+    "name": "Nul",
+    "version": 1,
+    "initial_state": "open",
+    "states": ["open", "closed"],
+    "terminal_states": ["closed"],
+    "transitions": [
+        {
+            "name": "close",
+            "from": "open",
+            "to": "closed",
+            "on": "Close",
+            "steps": [{"id": "note", "action": "ledgerflow.record", "params": {"a\x00b": 1}}],
+        }
+    ],
+}
+
+
+def test_a_definition_holding_nul_is_refused_and_nothing_is_written(engine: Engine) -> None:
+    compiled = definitions.compile_workflow(definitions.parse(WORKFLOW))
+    before = engine.store.row_counts()
+    with pytest.raises(InvalidInputError, match="NUL"):
+        engine.register(compiled)
+    assert engine.store.row_counts() == before
