@@ -334,6 +334,18 @@ class Engine:
         )
         if problems:
             raise DefinitionError(problems)
+        workflow = definition.workflow
+        names = [
+            ("workflow name", workflow.name),
+            *(("state", state) for state in workflow.states),
+            *(("event", t.on) for t in workflow.transitions),
+        ]
+        for what, value in names:
+            if len(value) > _MAX_NAME:
+                raise InvalidInputError(
+                    f"{what} {value[:40]!r}... is longer than {_MAX_NAME} characters, "
+                    "more than the store keeps"
+                )
         body = definitions_module.to_data(definition)
         if holds_nul(body):
             raise InvalidInputError(

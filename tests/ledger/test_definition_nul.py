@@ -3,13 +3,15 @@ typed error when registered, and nothing is written: no store keeps NUL in JSON.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ledgerflow import definitions
 from ledgerflow.engine import Engine
 from ledgerflow.errors import InvalidInputError
 
-WORKFLOW = {
+WORKFLOW: dict[str, Any] = {
     "name": "Nul",
     "version": 1,
     "initial_state": "open",
@@ -31,5 +33,25 @@ def test_a_definition_holding_nul_is_refused_and_nothing_is_written(engine: Engi
     compiled = definitions.compile_workflow(definitions.parse(WORKFLOW))
     before = engine.store.row_counts()
     with pytest.raises(InvalidInputError, match="NUL"):
+        engine.register(compiled)
+    assert engine.store.row_counts() == before
+
+
+@pytest.mark.parametrize("where", ["name", "state", "event"])
+def test_a_name_longer_than_the_store_keeps_is_refused_and_nothing_is_written(
+    engine: Engine, where: str
+) -> None:
+    long = "x" * 201
+    body = {**WORKFLOW, "transitions": [{**WORKFLOW["transitions"][0], "steps": []}]}
+    if where == "name":
+        body["name"] = long
+    elif where == "state":
+        body = {**body, "states": ["open", long], "terminal_states": [long]}
+        body["transitions"] = [{**body["transitions"][0], "to": long}]
+    else:
+        body["transitions"] = [{**body["transitions"][0], "on": long}]
+    compiled = definitions.compile_workflow(definitions.parse(body))
+    before = engine.store.row_counts()
+    with pytest.raises(InvalidInputError, match="longer than 200 characters"):
         engine.register(compiled)
     assert engine.store.row_counts() == before
