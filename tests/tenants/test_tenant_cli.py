@@ -5,11 +5,8 @@ option fails here until it has a case."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import click
@@ -17,15 +14,8 @@ import pytest
 
 from ledgerflow.cli import cli as ledgerflow_cli
 from ledgerflow.store.sql import SQLStore
+from support.cli import APP, EXAMPLE, Cli
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "contrib" / "examples" / "invoice_approval" / "invoice_approval.yaml"
-ENV = {
-    **os.environ,
-    "PYTHONPATH": os.pathsep.join(
-        [str(EXAMPLE.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
-    ),
-}
 INVOICE = json.dumps({"invoice": {"id": "INV-7", "total": 99.5, "customer_id": "C-7"}})
 
 # the command path (as typed) -> its arguments for another tenant's execution {x} or event {e}
@@ -69,14 +59,7 @@ def test_every_command_with_a_tenant_is_listed() -> None:
 
 
 def run(db: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ledgerflow", "--db", db, "--app", "invoice_app", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=ENV,
-    )
+    return Cli(db)(*APP, *args, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "contrib" / "examples" / "invoice_approval"
-ENV = {
-    **os.environ,
-    "PYTHONPATH": os.pathsep.join([str(EXAMPLE), *filter(None, [os.environ.get("PYTHONPATH")])]),
-}
+from support.cli import APP, Cli
+
 INVOICE = json.dumps({"invoice": {"id": "INV-9", "total": 10, "customer_id": "C-9"}})
 
 
 def run(db: str, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "ledgerflow", "--db", db, "--app", "invoice_app", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=ENV,
-    )
-    assert result.returncode == 0, result.stderr
-    return result
+    return Cli(db)(*APP, *args)
 
 
 def test_an_execution_lists_its_armed_escalation_timer(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Helpers shared by test modules that are not fixtures: running the command line."""
