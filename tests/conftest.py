@@ -65,6 +65,8 @@ def pg_url() -> Iterator[str]:
         )
     with admin:
         admin.execute(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOBYPASSRLS')
+        # the role database actions run as when a test confines them (pg_action_url)
+        admin.execute(f'CREATE ROLE "{name}_actions" LOGIN NOSUPERUSER NOBYPASSRLS')
         admin.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
     server = PG_ADMIN.rsplit("/", 1)[0].split("://", 1)[1].split("@")[-1]
     url = f"postgresql://{name}@{server}/{name}"
@@ -74,7 +76,17 @@ def pg_url() -> Iterator[str]:
     yield url
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'DROP ROLE IF EXISTS "{name}_actions"')
         admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
+@pytest.fixture(scope="session")
+def pg_action_url(pg_url: str) -> str:
+    """The session's PostgreSQL database reached as its second role, made for database actions
+    (``action_db``): a test confines it (:func:`ledgerflow.store.confine_role`) after
+    emptying the database, which forgets confinements."""
+    user, _, rest = pg_url.split("://", 1)[1].partition("@")
+    return f"postgresql://{user}_actions@{rest}"
 
 
 def _truncate(url: str) -> None:

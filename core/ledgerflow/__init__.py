@@ -16,6 +16,7 @@ from ledgerflow.engine import Engine, EventInfo, Execution, HistoryEntry, Timer
 from ledgerflow.errors import (
     ActionRegistrationError,
     CircuitOpenError,
+    ConfinementError,
     DefinitionConflictError,
     DefinitionError,
     EventNotFoundError,
@@ -97,6 +98,7 @@ __all__ = [
     "CircuitBreakers",
     "CircuitOpenError",
     "Compensation",
+    "ConfinementError",
     "ContextUpdated",
     "Decision",
     "Definition",

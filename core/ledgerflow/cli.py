@@ -58,17 +58,24 @@ class _Group(click.Group):
 class _Settings:
     """The global options, and the engine built from them on first use."""
 
-    def __init__(self, db: str, app: str | None, broker: str = "database") -> None:
+    def __init__(
+        self,
+        db: str,
+        app: str | None,
+        broker: str = "database",
+        action_db: str | None = None,
+    ) -> None:
         self.db = db
         self.app = app
         self.broker = broker
+        self.action_db = action_db
         self._engine: Engine | None = None
 
     def engine(self, *, check_schema: bool = True, load_app: bool = True) -> Engine:
         if self._engine is None:
             from ledgerflow.engine import Engine
 
-            self._engine = Engine(self.db, broker=self.broker)
+            self._engine = Engine(self.db, broker=self.broker, action_db=self.action_db)
             if check_schema:
                 self._engine.store.check_schema()
             if self.app and load_app:
@@ -145,6 +152,14 @@ tenant_option = click.option("--tenant", required=True, help="The tenant the exe
     help="Where wake-ups travel: database (the store's outbox) or a broker URL "
     "(redis://…, with ledgerflow-redis); env LEDGERFLOW_BROKER.",
 )
+@click.option(
+    "--action-db",
+    envvar="LEDGERFLOW_ACTION_DB",
+    default=None,
+    help="The same PostgreSQL database reached as a confined role (see `db confine`): "
+    "database actions run as it, so their SQL cannot lift the tenant wall; env "
+    "LEDGERFLOW_ACTION_DB.",
+)
 @click.option("--debug", is_flag=True, help="Show the traceback of any error.")
 @click.option(
     "--log-format",
@@ -158,10 +173,16 @@ tenant_option = click.option("--tenant", required=True, help="The tenant the exe
 @click.version_option(package_name="ledgerflow")
 @click.pass_context
 def cli(
-    ctx: click.Context, db: str, app: str | None, broker: str, debug: bool, log_format: str
+    ctx: click.Context,
+    db: str,
+    app: str | None,
+    broker: str,
+    action_db: str | None,
+    debug: bool,
+    log_format: str,
 ) -> None:
     """ledgerflow: durable, event-sourced workflows."""
-    ctx.obj = _Settings(db, app, broker)
+    ctx.obj = _Settings(db, app, broker, action_db)
     ctx.call_on_close(ctx.obj.close)
     logs.configure(log_format, level=logging.DEBUG if debug else logging.WARNING)
 
@@ -373,6 +394,34 @@ def upgrade_command(settings: _Settings, as_json: bool) -> None:
         _echo_json({"revision": revision})
     else:
         click.echo(f"schema at revision {revision}")
+
+
+@db.command("confine")
+@click.argument("role")
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    help="An application table database actions use (schema.name for another schema); "
+    "repeat for each. Put the tenant wall on it first (ledgerflow.store.tenant_wall).",
+)
+@json_flag
+@pass_settings
+def confine_command(settings: _Settings, role: str, tables: Sequence[str], as_json: bool) -> None:
+    """Let PostgreSQL login ROLE run database actions (--action-db) without ever lifting the
+    tenant wall: grants it what a step's transaction needs, and TABLEs. Run as the ledger's
+    owner; ROLE must exist and be neither a superuser nor exempt from row-level security."""
+    from ledgerflow.store import confine_role
+
+    store = settings.engine().store
+    with store.write() as conn:
+        confine_role(conn, role, tables=tables)
+    if as_json:
+        _echo_json({"role": role, "tables": list(tables)})
+    else:
+        click.echo(
+            f"role {role} is confined" + (f"; granted {', '.join(tables)}" if tables else "")
+        )
 
 
 @cli.command("start")

@@ -233,7 +233,10 @@ class Engine:
     plugins to use (default: ledgerflow's own and every installed one, see
     :class:`~ledgerflow.plugins.Plugins`). ``runner`` runs an applied transition's steps (by
     default as a dependency graph, independent steps in parallel). ``clock`` gives the time for
-    every timestamp the engine writes.
+    every timestamp the engine writes. ``action_db`` (default: ``LEDGERFLOW_ACTION_DB``), for a
+    PostgreSQL ``store`` given as a URL, is the same database reached as a confined role: the
+    transactions database actions run in log in as it (see
+    :func:`~ledgerflow.store.confine_role`).
     """
 
     def __init__(
@@ -246,15 +249,19 @@ class Engine:
         snapshot_every: int = 100,
         plugins: Plugins | None = None,
         broker: str | None = None,
+        action_db: str | None = None,
     ) -> None:
         self.plugins = plugins if plugins is not None else Plugins()
         self.broker = broker or os.environ.get("LEDGERFLOW_BROKER") or "database"
         self._transport: Transport | None = None
-        self.store = (
-            store
-            if isinstance(store, SQLStore)
-            else self.plugins.store_for(store, clock=clock, snapshot_every=snapshot_every)
-        )
+        if isinstance(store, SQLStore):
+            self.store = store
+        else:
+            options: dict[str, Any] = {"clock": clock, "snapshot_every": snapshot_every}
+            action_db = action_db or os.environ.get("LEDGERFLOW_ACTION_DB")
+            if action_db:
+                options["action_url"] = action_db
+            self.store = self.plugins.store_for(store, **options)
         self.registry = registry if registry is not None else ActionRegistry()
         self.clock = clock
         self._definitions: dict[tuple[str, int], Definition] = {}

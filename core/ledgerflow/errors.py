@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ActionRegistrationError",
     "CircuitOpenError",
+    "ConfinementError",
     "DefinitionConflictError",
     "DefinitionError",
     "EventNotFoundError",
@@ -189,6 +190,12 @@ class SchemaError(LedgerflowError):
 
 class StoreUnavailableError(LedgerflowError):
     """The database could not be reached or refused the operation; nothing was acknowledged."""
+
+
+class ConfinementError(LedgerflowError):
+    """The role named to run database actions would not be held inside its tenant: it is not
+    registered as confined (``ledgerflow db confine ROLE``), or it is a superuser or exempt
+    from row-level security. No action ran."""
 
 
 def first_line(exc: BaseException) -> str:

@@ -39,6 +39,7 @@ from ledgerflow.breakers import CircuitBreakers
 from ledgerflow.definitions import CompiledStep
 from ledgerflow.errors import (
     CircuitOpenError,
+    ConfinementError,
     ExpressionError,
     InvalidParametersError,
     LeaseLostError,
@@ -568,7 +569,7 @@ class GraphRunner:
         assert action.isolation is not None
         for retry in range(_TRANSACTION_RETRIES):
             try:
-                with self.store.write(action.isolation.value, tenant=job.tenant) as conn:
+                with self.store.action_write(action.isolation.value, tenant=job.tenant) as conn:
                     context = self._context(job, step, key, attempt, conn)
                     result = self._invoke(action, validated, context)
                     if job.fence is not None:
@@ -660,7 +661,7 @@ class GraphRunner:
 _PERMANENT = (InvalidParametersError, UnknownActionError, ExpressionError)
 """Failures that trying again cannot mend: they fail the step at once."""
 
-_NOT_THE_ACTIONS = (StoreUnavailableError, LeaseLostError)
+_NOT_THE_ACTIONS = (StoreUnavailableError, LeaseLostError, ConfinementError)
 """Failures of the engine, not of the action: they are raised, never recorded as a step's
 failure, and the event stays pending to be processed again."""
 

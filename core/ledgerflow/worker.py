@@ -564,7 +564,7 @@ class Worker:
                 "worker %s: wake-up for %s (tenant %s): %s", self.id, execution_id, tenant, exc
             )
             try:
-                self.store.release_lease(execution_id, self.id, token)
+                self.store.release_stray_lease(execution_id, self.id, token)
             except Exception as release_error:  # the lease expires by itself
                 log.warning(
                     "worker %s: could not release %s: %s", self.id, execution_id, release_error

@@ -6,7 +6,8 @@ idempotency key, carrying the execution's tenant (behind the tenant wall on Post
 number the database assigns in insert order, so a test can check that every effect is there
 exactly once and in the order of the ledger. ``Snoop`` runs ``chaos.snoop``, a hostile database
 action that forgets every tenant filter and tries to read, change, delete and forge other
-tenants' rows; it reports what it managed to do.
+tenants' rows, and to lift the wall by claiming every tenant; it reports what it managed to do.
+The battery runs database actions as a confined role (``LEDGERFLOW_ACTION_DB``).
 
 Faults are injected into a worker process through its environment:
 
@@ -29,6 +30,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +144,21 @@ def _effect(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     return {"n": params["n"]}
 
 
+def _refused(conn: sa.Connection, attempt: Callable[[], int]) -> int:
+    """``attempt``'s row count, in a savepoint; 0 when the database refuses it (no right to
+    the table, or the wall): the savepoint is rolled back and the action goes on."""
+    try:
+        with conn.begin_nested():
+            return attempt()
+    except sa.exc.DBAPIError:
+        return 0
+
+
 def _snoop(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
-    """Forget every tenant filter: read everything, change and delete everything, and try to
-    write a row for another tenant. Row-level security is the wall this must hit."""
+    """Forget every tenant filter: read everything, change and delete everything, try to
+    write a row for another tenant, then claim to act for every tenant and read again.
+    Row-level security, and the confined role database actions run as, are the walls this
+    must hit."""
     conn = context.connection
     assert conn is not None
     seen = sorted(
@@ -158,24 +172,30 @@ def _snoop(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     deleted += conn.execute(
         invoice_app.invoices.delete().where(invoice_app.invoices.c.tenant != context.tenant)
     ).rowcount
-    deleted += conn.exec_driver_sql("DELETE FROM lf_outbox").rowcount
-    forged = True
-    try:
-        with conn.begin_nested():
-            conn.execute(
-                effects.insert().values(
-                    key=f"forged:{context.idempotency_key}",
-                    tenant=f"not-{context.tenant}",
-                    execution_id=context.execution_id,
-                    n=-1,
-                    pid=os.getpid(),
-                )
-            )
-    except sa.exc.DBAPIError:
-        forged = False  # the wall refused it; the savepoint is rolled back
+    deleted += _refused(conn, lambda: conn.exec_driver_sql("DELETE FROM lf_outbox").rowcount)
+    forged = bool(
+        _refused(
+            conn,
+            lambda: (
+                conn.execute(
+                    effects.insert().values(
+                        key=f"forged:{context.idempotency_key}",
+                        tenant=f"not-{context.tenant}",
+                        execution_id=context.execution_id,
+                        n=-1,
+                        pid=os.getpid(),
+                    )
+                ).rowcount
+            ),
+        )
+    )
     # last, the wall's own switch: claim to act for every tenant
     conn.exec_driver_sql("SELECT set_config('ledgerflow.tenant', '*', true)")
     escalated = sorted({r.tenant for r in conn.execute(sa.select(effects.c.tenant))})
+    # and back: left at "*", the step's own result could not be recorded for this tenant
+    conn.execute(
+        sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)"), {"tenant": context.tenant}
+    )
     return {
         "tenants_seen": seen,
         "updated": updated,

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from ledgerflow_redis.testing import RedisServer
 
+import invoice_app
 from apps import chaos_app
 from chaos.battery import Fleet
 from chaos.servers import PrivatePostgres
 from ledgerflow.engine import Engine
+from ledgerflow.store import confine_role
 from ledgerflow.store.sql import SQLStore
 
 BROKER = {"streams": 4, "claim_idle": 1, "claim_every": 0.5, "max_deliveries": 50}
@@ -30,13 +32,27 @@ def private_pg() -> Iterator[PrivatePostgres]:
 
 
 @pytest.fixture
-def chaos_db(private_pg: PrivatePostgres) -> str:
-    """A new database on the private cluster, with ledgerflow's schema, reached as a role that
-    row-level security applies to."""
-    url = private_pg.create_database()
+def chaos_db(private_pg: PrivatePostgres, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new database on the private cluster, with ledgerflow's schema and the chaos app's
+    tables, reached as a role that row-level security applies to; every engine and worker of
+    the scenario runs database actions as a second, confined role (``LEDGERFLOW_ACTION_DB``)."""
+    url, action_url = private_pg.create_database()
     store = SQLStore(url)
     store.upgrade()
     store.close()
+    engine = Engine(url)
+    try:
+        chaos_app.setup(engine)
+        role = action_url.split("://", 1)[1].split("@", 1)[0]
+        with engine.store.write() as conn:
+            confine_role(
+                conn,
+                role,
+                tables=[*chaos_app.metadata.sorted_tables, *invoice_app.metadata.sorted_tables],
+            )
+    finally:
+        engine.close()
+    monkeypatch.setenv("LEDGERFLOW_ACTION_DB", action_url)
     return url
 
 

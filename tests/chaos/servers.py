@@ -149,14 +149,17 @@ class PrivatePostgres:
             str(self._bindir / "pg_ctl"), "-D", str(self._dir / "data"), "-m", "fast", "-w", "stop"
         )
 
-    def create_database(self) -> str:
-        """A new database owned by a new role that row-level security applies to; returns
-        that role's URL of it."""
+    def create_database(self) -> tuple[str, str]:
+        """A new database owned by a new role that row-level security applies to, and a
+        second role for database actions (to be confined); returns the URLs of the database
+        as each role."""
         name = f"chaos_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10) as admin:
             admin.execute(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOBYPASSRLS')
+            admin.execute(f'CREATE ROLE "{name}_actions" LOGIN NOSUPERUSER NOBYPASSRLS')
             admin.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
-        return f"postgresql://{name}@127.0.0.1:{self.port}/{name}"
+        server = f"127.0.0.1:{self.port}/{name}"
+        return f"postgresql://{name}@{server}", f"postgresql://{name}_actions@{server}"
 
     def connections(self, database: str) -> int:
         """How many backends are connected to ``database`` now."""

@@ -20,7 +20,7 @@ def cli(tmp_path: Path) -> Cli:
 
 
 def test_the_whole_path_from_upgrade_to_history(cli: Cli) -> None:
-    assert cli.json("db", "upgrade") == {"revision": "0005"}
+    assert cli.json("db", "upgrade") == {"revision": "0006"}
     assert cli("workflow", "register", str(EXAMPLE)).stdout.startswith(
         "registered InvoiceApproval v1"
     )

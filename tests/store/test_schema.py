@@ -48,11 +48,11 @@ def test_a_database_at_0001_upgrades_to_the_circuit_breakers_and_keeps_its_rows(
     store = SQLStore(f"sqlite:///{tmp_path}/old.db")
     _migrate(store, "0001")
     assert store.revision() == "0001"
-    with pytest.raises(SchemaError, match="needs revision 0005"):
+    with pytest.raises(SchemaError, match="needs revision 0006"):
         store.check_schema()
     with store.write(tenant=ALL_TENANTS) as conn:
         store.insert_definition(conn, "W", 1, {"name": "W"}, "h")
-    assert store.upgrade() == "0005"
+    assert store.upgrade() == "0006"
     store.check_schema()
     assert store.definition_body("W", 1) == {"name": "W"}
     CircuitBreakers(store).failure("a", BreakerPolicy(), "boom")
@@ -71,7 +71,7 @@ def test_a_database_at_0003_upgrades_to_the_timers_and_back(tmp_path: Path) -> N
     _migrate(store, "0003")
     with store.write(tenant=ALL_TENANTS) as conn:
         store.insert_definition(conn, "W", 1, {"name": "W"}, "h")
-    assert store.upgrade() == "0005"
+    assert store.upgrade() == "0006"
     assert store.row_counts()["lf_timers"] == 0
     assert store.definition_body("W", 1) == {"name": "W"}
     _migrate(store, "0003", down=True)

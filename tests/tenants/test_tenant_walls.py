@@ -428,3 +428,16 @@ def test_a_wake_up_naming_the_wrong_tenant_does_not_hold_the_execution_back(
     # the lease went at once: the real wake-up is acted on now, not after a failure's pause
     assert worker.handle([Wakeup(execution_id=x, tenant=ACME, event_id="")]) == []
     assert engine.get_execution(x, tenant=ACME).state == "pending_approval"
+
+
+def test_a_wake_up_naming_no_execution_at_all_leaves_no_lease_behind(engine: Engine) -> None:
+    x = engine.create_execution("InvoiceApproval", tenant=ACME)
+    worker = Worker(engine, poll_interval=0.05)
+    stray = [Wakeup(execution_id=f"no-such-{i}", tenant=ACME, event_id="") for i in range(3)]
+    assert worker.handle(stray) == []
+    # the wrong tenant's wake-up of a real execution gives its lease up but keeps the row (its
+    # fencing token goes on counting); the ones of no execution leave no row at all
+    assert worker.handle([Wakeup(execution_id=x, tenant=GLOBEX, event_id="")]) == []
+    with engine.store.read(tenant=ALL_TENANTS) as conn:
+        rows = conn.execute(sa.text("SELECT execution_id, expires_at FROM lf_leases")).all()
+    assert [(r.execution_id, r.expires_at) for r in rows] == [(x, 0.0)]

@@ -14,6 +14,7 @@ from sqlalchemy.dialects import postgresql
 __all__ = [
     "action_results",
     "circuit_breakers",
+    "confined_roles",
     "dead_letters",
     "definitions",
     "events",
@@ -243,4 +244,13 @@ timers = sa.Table(
         sqlite_where=sa.text("state = 'armed'"),
     ),
     sa.Index(None, "execution_id", "state"),
+)
+
+confined_roles = sa.Table(
+    "lf_confined_roles",
+    metadata,
+    # a PostgreSQL login role that runs database actions: the tenant wall never lifts for a
+    # session of it, whatever the transaction sets (see ledgerflow.store.confine_role)
+    sa.Column("role", NAME, primary_key=True),
+    sa.Column("confined_at", sa.Double, nullable=False),
 )

@@ -24,12 +24,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from ledgerflow.errors import LeaseLostError, SchemaError, StoreUnavailableError, first_line
+from ledgerflow.errors import (
+    ConfinementError,
+    InvalidInputError,
+    LeaseLostError,
+    SchemaError,
+    StoreUnavailableError,
+    first_line,
+)
 from ledgerflow.model import Record, State
 from ledgerflow.store import codec
 from ledgerflow.store.schema import (
     action_results,
     circuit_breakers,
+    confined_roles,
     dead_letters,
     definitions,
     events,
@@ -46,6 +54,7 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "SQLStore",
     "StoredRecord",
+    "confine_role",
     "current_tenant_scope",
     "normalise_url",
     "tenant_scope",
@@ -117,6 +126,7 @@ _CHECK_LEASE = sa.select(leases.c.token).where(
     leases.c.token == sa.bindparam("token"),
 )
 _CHECK_LEASE_SHARED = _CHECK_LEASE.with_for_update(read=True)
+_CHECK_LEASE_CONFINED = sa.text("SELECT lf_check_lease(:execution_id, :owner, :token)")
 _MARK_HANDLED = (
     outbox.update()
     .where(
@@ -180,11 +190,15 @@ def tenant_wall(conn: Connection, table: sa.Table | str, *, column: str = "tenan
     for its owner too) row-level security with a policy that shows and lets a transaction
     change only the rows whose ``column`` is the tenant it acts for (:func:`tenant_scope`, and
     every transaction of a step). Database actions then cannot read or write another
-    tenant's rows even when a query forgets to filter. Returns ``True`` if the policy was
-    created, ``False`` if it was there already or the database is not PostgreSQL (SQLite has
-    no row-level security: there the queries' own scoping is the only wall).
+    tenant's rows even when a query forgets to filter, and when they run as a confined role
+    (:func:`confine_role`) not even by claiming to act for every tenant. Returns ``True`` if
+    the policy was created or brought up to date (a wall put up before schema revision 0006
+    let every session lift it), ``False`` if it was there already or the database is not
+    PostgreSQL (SQLite has no row-level security: there the queries' own scoping is the only
+    wall).
 
-    Run it once, when the table is created, by a role that owns the table.
+    Run it when the table is created (again after ``ledgerflow db upgrade``: it is
+    idempotent), by a role that owns the table, in the database that holds the ledger.
     """
     if conn.dialect.name != "postgresql":
         return False
@@ -194,26 +208,128 @@ def tenant_wall(conn: Connection, table: sa.Table | str, *, column: str = "tenan
         schema, name = table.schema or "", table.name
     present = conn.execute(
         sa.text(
-            "SELECT 1 FROM pg_policies WHERE tablename = :table "
+            "SELECT coalesce(qual, '') LIKE '%lf_confined_roles%' AS confined "
+            "FROM pg_policies WHERE tablename = :table "
             "AND policyname = 'ledgerflow_tenant_wall' "
             "AND schemaname = coalesce(nullif(:schema, ''), current_schema())"
         ),
         {"table": name, "schema": schema},
     ).first()
-    if present is not None:
-        return False
     quote = conn.dialect.identifier_preparer.quote
     target = f"{quote(schema)}.{quote(name)}" if schema else quote(name)
-    rule = (
-        f"{quote(column)} = current_setting('ledgerflow.tenant', true) "
-        "OR current_setting('ledgerflow.tenant', true) = '*'"
-    )
+    rule = _wall_rule(quote(column))
+    if present is not None:
+        if present.confined:
+            return False
+        # a wall put up before confined roles existed: "*" must not lift it for them either
+        conn.exec_driver_sql(
+            f"ALTER POLICY ledgerflow_tenant_wall ON {target} USING ({rule}) WITH CHECK ({rule})"
+        )
+        return True
     conn.exec_driver_sql(f"ALTER TABLE {target} ENABLE ROW LEVEL SECURITY")
     conn.exec_driver_sql(f"ALTER TABLE {target} FORCE ROW LEVEL SECURITY")
     conn.exec_driver_sql(
         f"CREATE POLICY ledgerflow_tenant_wall ON {target} USING ({rule}) WITH CHECK ({rule})"
     )
     return True
+
+
+def _wall_rule(column: str) -> str:
+    """The tenant wall's policy on ``column`` (quoted): the rows of the tenant the transaction
+    acts for; every row for ``*``, unless the session's login role is confined (a database
+    action's SQL can change the setting, never its session's role)."""
+    return (
+        f"{column} = current_setting('ledgerflow.tenant', true) "
+        "OR (current_setting('ledgerflow.tenant', true) = '*' "
+        "AND NOT EXISTS (SELECT 1 FROM lf_confined_roles c WHERE c.role = session_user::text))"
+    )
+
+
+# what a confined role may do to the ledger's tables, all of them behind the wall: what the
+# step transactions of database actions do (record a result, append an event, schedule a
+# timer, lock the execution), never delete
+_CONFINED_GRANTS = {
+    "lf_executions": "SELECT, UPDATE",
+    "lf_events": "SELECT, INSERT",
+    "lf_outbox": "SELECT, INSERT",
+    "lf_action_results": "SELECT, INSERT",
+    "lf_timers": "SELECT, INSERT",
+}
+
+
+def _grant_sequences(conn: Connection, table: str, who: str) -> None:
+    """Let ``who`` draw from the sequences of ``table``'s serial and identity columns."""
+    quote = conn.dialect.identifier_preparer.quote
+    owned = conn.execute(
+        sa.text(
+            "SELECT n.nspname, s.relname FROM pg_depend d "
+            "JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+            "JOIN pg_namespace n ON n.oid = s.relnamespace "
+            "WHERE d.classid = 'pg_class'::regclass AND d.refobjid = CAST(:table AS regclass)"
+        ),
+        {"table": table},
+    ).all()
+    for schema, name in owned:
+        conn.exec_driver_sql(f"GRANT USAGE ON SEQUENCE {quote(schema)}.{quote(name)} TO {who}")
+
+
+def confine_role(conn: Connection, role: str, *, tables: Sequence[sa.Table | str] = ()) -> None:
+    """Make the PostgreSQL login ``role`` fit to run database actions (the store's
+    ``action_url`` logs in as it) inside their tenant: the tenant wall never lifts for its
+    sessions, whatever SQL in an action's transaction sets, and it gets only what a step's
+    transaction needs of the ledger (to read and add its own tenant's rows; never to delete
+    them, nor to read leases, workers or brokers). ``tables`` are application tables the
+    actions use: the role may read, insert, update and delete their rows, which
+    :func:`tenant_wall` limits to its tenant.
+
+    Run it, once per role, as the owner of the ledger's tables; the role must exist (``CREATE
+    ROLE name LOGIN``), be neither a superuser nor exempt from row-level security, and be a
+    member of no other role. Calling it again is harmless (and grants newly listed tables).
+    """
+    if conn.dialect.name != "postgresql":
+        raise InvalidInputError("confined roles need PostgreSQL (SQLite has no roles)")
+    found = conn.execute(
+        sa.text(
+            "SELECT rolsuper OR rolbypassrls AS exempt, "
+            "EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) AS member "
+            "FROM pg_roles r WHERE rolname = :role"
+        ),
+        {"role": role},
+    ).first()
+    if found is None:
+        raise InvalidInputError(f"no PostgreSQL role {role!r}: create it first (CREATE ROLE)")
+    if found.exempt:
+        raise ConfinementError(
+            f"role {role!r} is a superuser or bypasses row-level security: it cannot be confined"
+        )
+    if found.member:
+        raise ConfinementError(
+            f"role {role!r} is a member of another role, whose rights it could take on with "
+            "SET ROLE: use a role that belongs to none"
+        )
+    quote = conn.dialect.identifier_preparer.quote
+    who = quote(role)
+    schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one()
+    conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {quote(schema)} TO {who}")
+    for ledger_table, rights in _CONFINED_GRANTS.items():
+        conn.exec_driver_sql(f"GRANT {rights} ON {ledger_table} TO {who}")
+        _grant_sequences(conn, ledger_table, who)
+    conn.exec_driver_sql(f"GRANT EXECUTE ON FUNCTION lf_check_lease(text, text, bigint) TO {who}")
+    for table in tables:
+        if isinstance(table, str):
+            owner, _, name = table.rpartition(".")
+        else:
+            owner, name = table.schema or "", table.name
+        target = f"{quote(owner)}.{quote(name)}" if owner else quote(name)
+        if owner:
+            conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {quote(owner)} TO {who}")
+        conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {target} TO {who}")
+        _grant_sequences(conn, target, who)
+    conn.execute(
+        postgresql.insert(confined_roles)
+        .values(role=role, confined_at=time.time())
+        .on_conflict_do_nothing(index_elements=["role"])
+    )
 
 
 def current_tenant_scope() -> str | None:
@@ -224,7 +340,7 @@ def current_tenant_scope() -> str | None:
 """The PostgreSQL channel an enqueue notifies and idle workers listen on."""
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
-_HEAD = "0005"
+_HEAD = "0006"
 
 
 def normalise_url(url: str) -> str:
@@ -282,6 +398,11 @@ class SQLStore:
     ``url`` is a SQLAlchemy URL: ``sqlite:///path.db`` (the default), ``sqlite://`` (in memory,
     for tests) or ``postgresql://user@host/db``. ``clock`` gives the time, in seconds since the
     epoch, for every timestamp and lease the store writes.
+
+    ``action_url`` (PostgreSQL only) is the same database reached as a confined role
+    (:func:`confine_role`): the transactions in which database actions run log in as it, so
+    an action's SQL cannot lift the tenant wall. Without it they run as ``url``'s role, behind
+    the same wall, which SQL that sets ``ledgerflow.tenant`` itself could lift.
     """
 
     def __init__(
@@ -290,10 +411,14 @@ class SQLStore:
         *,
         clock: Callable[[], float] = time.time,
         snapshot_every: int = 100,
+        action_url: str | None = None,
     ) -> None:
         self.url = normalise_url(url)
         self.clock = clock
         self.snapshot_every = snapshot_every
+        self.action_engine: Engine | None = None
+        """The pool of the confined role's connections, if ``action_url`` was given."""
+        self._confinement_checked = False
         try:
             if self.url.startswith("sqlite"):
                 self.engine = _sqlite_engine(self.url)
@@ -305,6 +430,24 @@ class SQLStore:
         self.in_memory = self.dialect == "sqlite" and (
             self.url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in self.url
         )
+        if action_url:
+            self.action_engine = self._action_engine(action_url)
+
+    def _action_engine(self, action_url: str) -> Engine:
+        """The pool for ``action_url``, which must reach this store's own database."""
+        if self.dialect != "postgresql":
+            raise InvalidInputError("a role for database actions (action_url) needs PostgreSQL")
+        try:
+            target = sa.engine.make_url(normalise_url(action_url))
+        except sa.exc.ArgumentError as exc:
+            raise InvalidInputError(f"not a database URL: {action_url!r}") from exc
+        mine = self.engine.url
+        if (target.host, target.port, target.database) != (mine.host, mine.port, mine.database):
+            raise InvalidInputError(
+                "the role for database actions must reach the ledger's own database "
+                f"({mine.render_as_string()}), not {target.render_as_string()}"
+            )
+        return sa.create_engine(target, pool_pre_ping=True, pool_size=10)
 
     def __repr__(self) -> str:
         return f"SQLStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -312,6 +455,8 @@ class SQLStore:
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self.action_engine is not None:
+            self.action_engine.dispose()
 
     # ----------------------------------------------------------------------------------------
     # Transactions
@@ -339,6 +484,44 @@ class SQLStore:
                 yield conn
 
     @contextlib.contextmanager
+    def action_write(self, isolation: str, *, tenant: str) -> Iterator[Connection]:
+        """The write transaction a database action runs in (see :meth:`write`): as the
+        confined role of ``action_url`` when there is one, which is checked to be confined
+        the first time (:class:`ConfinementError` otherwise)."""
+        if self.action_engine is None:
+            with self.write(isolation, tenant=tenant) as conn:
+                yield conn
+            return
+        with self._connect(self.action_engine) as conn:
+            conn = conn.execution_options(isolation_level=isolation)
+            with conn.begin():
+                if not self._confinement_checked:
+                    self._check_confined(conn)
+                self._set_tenant(conn, tenant)
+                yield conn
+
+    def _check_confined(self, conn: Connection) -> None:
+        """Refuse to run actions as a role the wall would not hold."""
+        row = conn.execute(
+            sa.text(
+                "SELECT r.rolname AS role, r.rolsuper OR r.rolbypassrls AS exempt, "
+                "EXISTS (SELECT 1 FROM lf_confined_roles c WHERE c.role = session_user::text) "
+                "AS confined FROM pg_roles r WHERE r.rolname = session_user"
+            )
+        ).one()
+        role = row.role
+        if row.exempt or not row.confined:
+            raise ConfinementError(
+                f"database actions are to run as role {role!r}, which is not confined: "
+                + (
+                    "it is a superuser or bypasses row-level security"
+                    if row.exempt
+                    else f"run `ledgerflow db confine {role}` as the ledger's owner"
+                )
+            )
+        self._confinement_checked = True
+
+    @contextlib.contextmanager
     def read(self, *, tenant: str | None = None) -> Iterator[Connection]:
         """A read transaction: every read in it sees one snapshot of the database, and on
         PostgreSQL only the rows of ``tenant`` (as for :meth:`write`)."""
@@ -355,13 +538,13 @@ class SQLStore:
         conn.execute(_SET_TENANT, {"tenant": scope or ""})
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[Connection]:
+    def _connect(self, pool: Engine | None = None) -> Iterator[Connection]:
+        pool = pool or self.engine
         try:
-            conn = self.engine.connect()
+            conn = pool.connect()
         except sa.exc.OperationalError as exc:
             raise StoreUnavailableError(
-                f"cannot reach the database at {self.engine.url.render_as_string()}: "
-                f"{first_line(exc)}"
+                f"cannot reach the database at {pool.url.render_as_string()}: {first_line(exc)}"
             ) from exc
         try:
             with conn:
@@ -374,7 +557,7 @@ class SQLStore:
             # retried with its client key is harmless); the pool replaces the connection
             raise StoreUnavailableError(
                 f"lost the connection to the database at "
-                f"{self.engine.url.render_as_string()}: {first_line(exc)}"
+                f"{pool.url.render_as_string()}: {first_line(exc)}"
             ) from exc
 
     # ----------------------------------------------------------------------------------------
@@ -918,10 +1101,17 @@ class SQLStore:
         transaction ends, so no take-over can slip in before it commits, while sibling steps
         of the same event check it at the same time (a renewal, :meth:`fence`, would make
         them wait on each other)."""
-        query = _CHECK_LEASE_SHARED if self.dialect == "postgresql" else _CHECK_LEASE
-        held = conn.execute(
-            query, {"execution_id": execution_id, "owner": owner, "token": token}
-        ).first()
+        if self.action_engine is not None and conn.engine is self.action_engine:
+            # a confined session may not read the leases: the owner's function checks for it
+            held = conn.execute(
+                _CHECK_LEASE_CONFINED,
+                {"execution_id": execution_id, "owner": owner, "token": token},
+            ).scalar()
+        else:
+            query = _CHECK_LEASE_SHARED if self.dialect == "postgresql" else _CHECK_LEASE
+            held = conn.execute(
+                query, {"execution_id": execution_id, "owner": owner, "token": token}
+            ).first()
         if held is None:
             raise LeaseLostError(
                 f"execution {execution_id}: lease {token} of {owner} was taken over"
@@ -953,6 +1143,17 @@ class SQLStore:
             conn.execute(
                 leases.update().where(_held_by(execution_id, owner, token)).values(expires_at=0.0)
             )
+
+    def release_stray_lease(self, execution_id: str, owner: str, token: int) -> None:
+        """Give up a lease taken for a wake-up whose execution is not there for its tenant.
+        When no tenant has an execution of that id (a forged or corrupt message) the lease's
+        row goes too, so such messages leave nothing behind; otherwise the lease is given up
+        as :meth:`release_lease` does, its token kept."""
+        held = _held_by(execution_id, owner, token)
+        with self.write(tenant=ALL_TENANTS) as conn:
+            absent = ~sa.exists().where(executions.c.id == execution_id)
+            if not conn.execute(leases.delete().where(held, absent)).rowcount:
+                conn.execute(leases.update().where(held).values(expires_at=0.0))
 
     def release_lease_if_idle(self, execution_id: str, owner: str, token: int, ttl: float) -> bool:
         """Give the lease up unless a wake-up of the execution is still unhandled, in which

@@ -1,0 +1,286 @@
+"""Confined roles: database actions that run as a confined PostgreSQL role (``action_db``) stay
+inside their tenant even when their SQL claims to act for every tenant, while the built-in
+database actions and the InvoiceApproval example work as before."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import invoice_app
+from ledgerflow import definitions
+from ledgerflow.engine import Engine, Lease
+from ledgerflow.errors import ConfinementError, InvalidInputError
+from ledgerflow.model import StepSucceeded
+from ledgerflow.registry import ActionContext, Isolation
+from ledgerflow.store import ALL_TENANTS, SQLStore, confine_role, tenant_wall
+from ledgerflow.worker import Worker
+from support.cli import Cli
+
+ACME, GLOBEX = "acme", "globex"
+
+pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+ESCAPE: dict[str, Any] = {
+    "name": "Escape",
+    "version": 1,
+    "initial_state": "idle",
+    "states": ["idle", "done"],
+    "terminal_states": ["done"],
+    "transitions": [
+        {
+            "name": "escape",
+            "from": "idle",
+            "to": "done",
+            "on": "Escape",
+            "steps": [{"id": "escape", "action": "test.escape"}],
+        }
+    ],
+}
+
+SIDE_EFFECTS: dict[str, Any] = {
+    "name": "SideEffects",
+    "version": 1,
+    "initial_state": "idle",
+    "states": ["idle", "asked", "pinged", "done"],
+    "terminal_states": ["done"],
+    "events": {"Go": {}, "Ping": {}, "Later": {}},
+    "transitions": [
+        {
+            "name": "go",
+            "from": "idle",
+            "to": "asked",
+            "on": "Go",
+            "steps": [
+                {
+                    "id": "emit",
+                    "action": "ledgerflow.emit_event",
+                    "params": {"event": "Ping"},
+                },
+                {
+                    "id": "later",
+                    "action": "ledgerflow.schedule_event",
+                    "params": {"event": "Later", "after": "1h"},
+                },
+            ],
+        },
+        {"name": "ping", "from": "asked", "to": "pinged", "on": "Ping"},
+        {"name": "later", "from": "pinged", "to": "done", "on": "Later"},
+    ],
+}
+
+
+def _attempt(conn: sa.Connection, sql: str) -> Any:
+    """Run ``sql`` in a savepoint: its first column's values, or the error's first word."""
+    try:
+        with conn.begin_nested():
+            result = conn.exec_driver_sql(sql)
+            return sorted(r[0] for r in result) if result.returns_rows else result.rowcount
+    except sa.exc.DBAPIError as exc:
+        return type(exc.orig).__name__
+
+
+def _escape(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+    """A hostile database action: claims every tenant, then tries every door out."""
+    conn = context.connection
+    assert conn is not None
+    found = {
+        "role": conn.exec_driver_sql("SELECT session_user").scalar_one(),
+        "own": _attempt(conn, "SELECT DISTINCT tenant FROM lf_executions"),
+        "claim": conn.exec_driver_sql(
+            "SELECT set_config('ledgerflow.tenant', '*', true)"
+        ).scalar_one(),
+        "executions": _attempt(conn, "SELECT DISTINCT tenant FROM lf_executions"),
+        "invoices": _attempt(conn, "SELECT DISTINCT tenant FROM invoices"),
+        "leases": _attempt(conn, "SELECT execution_id FROM lf_leases"),
+        "workers": _attempt(conn, "SELECT id FROM lf_workers"),
+        "tampered": _attempt(conn, "UPDATE invoices SET status = 'tampered'"),
+        "events_deleted": _attempt(conn, "DELETE FROM lf_events"),
+        "confinement_lifted": _attempt(conn, "DELETE FROM lf_confined_roles"),
+        "reset_role": _attempt(conn, "RESET ROLE"),
+        "after_reset": _attempt(conn, "SELECT DISTINCT tenant FROM lf_executions"),
+    }
+    # put the setting back: left at "*", it would keep the step's own result from being
+    # recorded (the wall refuses a globex row to a transaction that acts for "*"), and the step
+    # would fail instead of reporting
+    conn.execute(
+        sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)"), {"tenant": context.tenant}
+    )
+    return found
+
+
+@pytest.fixture
+def confined(pg_url: str, pg_action_url: str, db_url: str) -> Iterator[Engine]:
+    """The InvoiceApproval example and the two workflows above, their database actions run as
+    the session's confined role."""
+    engine = Engine(pg_url, action_db=pg_action_url)
+    invoice_app.setup(engine)
+    with engine.store.write(tenant=ALL_TENANTS) as conn:
+        for table in reversed(invoice_app.metadata.sorted_tables):
+            conn.execute(table.delete())
+        confine_role(conn, _role(pg_action_url), tables=invoice_app.metadata.sorted_tables)
+    engine.registry.action("test.escape", isolation=Isolation.READ_COMMITTED)(_escape)
+    for body in (ESCAPE, SIDE_EFFECTS):
+        engine.register(definitions.compile_workflow(definitions.parse(body)))
+    yield engine
+    engine.close()
+
+
+def _role(url: str) -> str:
+    return url.split("://", 1)[1].split("@", 1)[0]
+
+
+def _run(engine: Engine) -> None:
+    Worker(engine, poll_interval=0.05).run(until_idle=True)
+
+
+def _result(engine: Engine, execution_id: str, tenant: str) -> Any:
+    (result,) = [
+        e.record.result
+        for e in engine.history(execution_id, tenant=tenant)
+        if isinstance(e.record, StepSucceeded)
+    ]
+    return result
+
+
+def _approved_invoice(engine: Engine, tenant: str, invoice_id: str) -> str:
+    x = engine.create_execution("InvoiceApproval", tenant=tenant)
+    payload = {"invoice": {"id": invoice_id, "total": 50.0, "customer_id": "C", "currency": "EUR"}}
+    engine.enqueue_event(x, "CreateInvoice", tenant=tenant, role="clerk", payload=payload)
+    engine.enqueue_event(
+        x, "ApproveInvoice", tenant=tenant, role="manager", payload={"approved_by": "m"}
+    )
+    return x
+
+
+def test_a_confined_action_cannot_lift_the_wall(confined: Engine, pg_action_url: str) -> None:
+    _approved_invoice(confined, ACME, "A-1")
+    _approved_invoice(confined, GLOBEX, "G-1")
+    x = confined.create_execution("Escape", tenant=GLOBEX)
+    confined.enqueue_event(x, "Escape", tenant=GLOBEX)
+    _run(confined)
+    result = _result(confined, x, GLOBEX)
+    assert result["role"] == _role(pg_action_url)
+    assert result["own"] == [GLOBEX]
+    # "*" is not honoured for a confined role: no tenant is called "*", so no row at all
+    assert result["claim"] == "*"
+    assert result["executions"] == []
+    assert result["invoices"] == []
+    assert result["tampered"] == 0
+    # the rest of the ledger is out of reach altogether
+    for door in ("leases", "workers", "events_deleted", "confinement_lifted"):
+        assert result[door] == "InsufficientPrivilege", door
+    assert result["after_reset"] == []
+    for tenant in (ACME, GLOBEX):
+        rows = invoice_app.rows(confined, tenant)
+        assert [r["status"] for r in rows["invoices"]] == ["payment_scheduled"]
+        assert len(rows["payments"]) == 1
+
+
+def test_the_example_and_the_built_in_database_actions_work_confined(confined: Engine) -> None:
+    x = _approved_invoice(confined, ACME, "A-1")
+    s = confined.create_execution("SideEffects", tenant=ACME)
+    confined.enqueue_event(s, "Go", tenant=ACME)
+    _run(confined)
+    assert confined.get_execution(x, tenant=ACME).state == "approved"
+    rows = invoice_app.rows(confined, ACME)
+    assert [r["status"] for r in rows["invoices"]] == ["payment_scheduled"]
+    assert len(rows["payments"]) == 1
+    # emit_event appended Ping (processed); schedule_event armed a timer
+    assert confined.get_execution(s, tenant=ACME).state == "pinged"
+    (timer,) = confined.timers(s, tenant=ACME)
+    assert (timer.event, timer.kind, timer.state) == ("Later", "step", "armed")
+
+
+def test_a_role_that_is_not_confined_runs_no_action(
+    pg_url: str, pg_action_url: str, db_url: str
+) -> None:
+    # the database was emptied: the role is not (or no longer) registered as confined
+    engine = Engine(pg_url, action_db=pg_action_url)
+    try:
+        invoice_app.setup(engine)
+        with engine.store.write(tenant=ALL_TENANTS) as conn:
+            for table in reversed(invoice_app.metadata.sorted_tables):
+                conn.execute(table.delete())
+        x = engine.create_execution("InvoiceApproval", tenant=ACME)
+        payload = {"invoice": {"id": "A-1", "total": 5.0, "customer_id": "C"}}
+        engine.enqueue_event(x, "CreateInvoice", tenant=ACME, role="clerk", payload=payload)
+        token = engine.store.take_lease(x, "w-1", 30, tenant=ACME)
+        assert token is not None
+        with pytest.raises(ConfinementError, match="db confine"):
+            engine.process(x, tenant=ACME, lease=Lease(owner="w-1", token=token, ttl=30))
+        # nothing ran, nothing was recorded: the event waits, for a worker with a fit role
+        assert invoice_app.rows(engine, ACME)["invoices"] == []
+        assert engine.get_execution(x, tenant=ACME).state == "draft"
+    finally:
+        engine.close()
+
+
+def test_confining_a_superuser_or_a_missing_role_is_refused(confined: Engine) -> None:
+    with confined.store.write() as conn, pytest.raises(ConfinementError, match="superuser"):
+        confine_role(conn, "postgres")
+    with confined.store.write() as conn, pytest.raises(InvalidInputError, match="no PostgreSQL"):
+        confine_role(conn, "nobody_by_that_name")
+
+
+def test_the_role_for_actions_must_reach_the_ledgers_database(
+    pg_url: str, db_url: str, tmp_path: Any
+) -> None:
+    elsewhere = pg_url.rsplit("/", 1)[0] + "/postgres"
+    with pytest.raises(InvalidInputError, match="ledger's own database"):
+        SQLStore(pg_url, action_url=elsewhere)
+    with pytest.raises(InvalidInputError, match="needs PostgreSQL"):
+        SQLStore(f"sqlite:///{tmp_path}/x.db", action_url=pg_url)
+
+
+def test_a_confined_step_is_fenced_like_any_other(confined: Engine) -> None:
+    store = confined.store
+    with store.write(tenant=ALL_TENANTS) as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO lf_leases (execution_id, owner, token, expires_at, tenant) "
+            "VALUES ('x-1', 'w-1', 3, 1e12, 'acme')"
+        )
+    with store.action_write("READ COMMITTED", tenant=ACME) as conn:
+        assert conn.engine is store.action_engine
+        store.check_lease(conn, "x-1", "w-1", 3)
+        with pytest.raises(Exception, match="taken over"):
+            store.check_lease(conn, "x-1", "w-1", 2)
+
+
+def test_a_wall_put_up_before_confinement_is_brought_up_to_date(confined: Engine) -> None:
+    with confined.store.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE old_notes (tenant text, body text)")
+        conn.exec_driver_sql("ALTER TABLE old_notes ENABLE ROW LEVEL SECURITY")
+        rule = (
+            "tenant = current_setting('ledgerflow.tenant', true) "
+            "OR current_setting('ledgerflow.tenant', true) = '*'"
+        )
+        conn.exec_driver_sql(
+            f"CREATE POLICY ledgerflow_tenant_wall ON old_notes USING ({rule}) WITH CHECK ({rule})"
+        )
+    try:
+        with confined.store.write() as conn:
+            assert tenant_wall(conn, "old_notes") is True
+            assert tenant_wall(conn, "old_notes") is False
+            qual = conn.exec_driver_sql(
+                "SELECT qual FROM pg_policies WHERE tablename = 'old_notes'"
+            ).scalar_one()
+        assert "lf_confined_roles" in qual
+    finally:
+        with confined.store.write() as conn:
+            conn.exec_driver_sql("DROP TABLE old_notes")
+
+
+def test_the_confine_command(confined: Engine, pg_url: str, pg_action_url: str) -> None:
+    cli = Cli(pg_url)
+    role = _role(pg_action_url)
+    assert cli.json("db", "confine", role, "--table", "invoices") == {
+        "role": role,
+        "tables": ["invoices"],
+    }
+    refused = cli("db", "confine", "postgres", check=False)
+    assert refused.returncode != 0
+    assert "superuser" in refused.stderr
