@@ -173,8 +173,7 @@ class Context:
 
 
 def measure(ctx: Context, entry: Entry, round_no: int) -> dict[str, Any]:
-    """``entry`` once: fresh databases, an emptied Redis; returns the measurement as a dict
-    (with ``enqueue_ms`` and ``create_ms`` for ledgerflow)."""
+    """``entry`` once: fresh databases, an emptied Redis; returns the measurement as a dict."""
     label = f"r{round_no}-{entry.key}"
     settings = dict(entry.settings)
     ctx.redis.flush()
@@ -194,11 +193,7 @@ def measure(ctx: Context, entry: Entry, round_no: int) -> dict[str, Any]:
                 processes = 2
             broker = ctx.redis.url(streams=STREAMS) if settings.get("broker") else "database"
             lf = LedgerflowSystem(entry.name, url, broker, processes, effects_url=url)
-            result = asdict(workload.measure(lf, ctx.sizes, ctx.workdir, label))
-            measured = slice(ctx.sizes.warmup, ctx.sizes.warmup + ctx.sizes.workflows)
-            result["create_ms"] = lf.create_ms[measured]
-            result["enqueue_ms"] = lf.enqueue_ms[measured]
-            return result
+            return asdict(workload.measure(lf, ctx.sizes, ctx.workdir, label))
         assert ctx.peers is not None
         effects = databases.url(databases.create(label.replace("-", "_")), "postgresql+psycopg")
         config = {
@@ -252,7 +247,6 @@ def summarise(runs: Sequence[dict[str, Any]], entries: Sequence[Entry]) -> list[
         if not mine:
             continue
         submit = [ms for r in mine for ms in r.get("submit_ms", [])]
-        enqueue = [ms for r in mine for ms in r.get("enqueue_ms", [])]
         ratios = [
             r["workflows_per_second"] / floor[r["round"]]
             for r in mine
@@ -270,8 +264,6 @@ def summarise(runs: Sequence[dict[str, Any]], entries: Sequence[Entry]) -> list[
                 ],
                 "submit_p50_ms": percentile(submit, 50) if submit else None,
                 "submit_p99_ms": percentile(submit, 99) if submit else None,
-                "enqueue_p50_ms": percentile(enqueue, 50) if enqueue else None,
-                "enqueue_p99_ms": percentile(enqueue, 99) if enqueue else None,
                 "ratio_to_floor": ratios,
                 "dup_hits": sum(r.get("verdict", {}).get("dup_hits", 0) for r in mine)
                 + sum(r.get("steps_dup_hits", 0) for r in mine),
@@ -298,8 +290,6 @@ def table_rows(summary: Sequence[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for s in summary:
         submit = f"{num(s['submit_p50_ms'])} / {num(s['submit_p99_ms'])}"
-        if s["enqueue_p50_ms"] is not None:
-            submit += f" (enqueue {num(s['enqueue_p50_ms'])} / {num(s['enqueue_p99_ms'])})"
         rows.append(
             [
                 s["name"],
@@ -333,9 +323,8 @@ def target_lines(summary: Sequence[dict[str, Any]], extras: dict[str, Any]) -> l
         s = by_key.get(key)
         if s and s["submit_p50_ms"] is not None:
             text = (
-                f"- {s['name']}: submit (create_execution + enqueue_event) p50 "
-                f"{num(s['submit_p50_ms'])} ms, p99 {num(s['submit_p99_ms'])} ms; enqueue_event "
-                f"alone p50 {num(s['enqueue_p50_ms'])} ms, p99 {num(s['enqueue_p99_ms'])} ms"
+                f"- {s['name']}: submit (Engine.start) p50 {num(s['submit_p50_ms'])} ms, "
+                f"p99 {num(s['submit_p99_ms'])} ms"
             )
             if dbos and dbos["submit_p50_ms"] is not None:
                 text += f"; DBOS client enqueue p50 {num(dbos['submit_p50_ms'])} ms"
@@ -406,8 +395,8 @@ def render(results: dict[str, Any], summary: Sequence[dict[str, Any]]) -> str:
         "",
         f"Median over {results['rounds']} interleaved round(s), with the min-max; *x raw floor* "
         "is the ratio of a system's workflows/s to the raw floor's in the same round. *Submit*: "
-        "one client call that starts a workflow (for ledgerflow, `create_execution` and "
-        "`enqueue_event`, with `enqueue_event` alone in brackets), pooled over the rounds. "
+        "one client call that starts a workflow (for ledgerflow, `Engine.start`: the execution "
+        "and its first event in one transaction), pooled over the rounds. "
         "*Submits/s*: N over the time the client took to submit them, while the workers ran: "
         "where workflows/s comes close to it, the one client, not the workers, set the pace.",
         "",

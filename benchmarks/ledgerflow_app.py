@@ -13,14 +13,13 @@ The workers import this module by ``ledgerflow --app ledgerflow_app`` (``PYTHONP
 
 :class:`LedgerflowSystem` is ledgerflow under :func:`workload.measure`: ``ledgerflow worker``
 processes, and one :class:`~ledgerflow.engine.Engine` as the client. A submission is what a
-client does to start a workflow: :meth:`Engine.create_execution` then
-:meth:`Engine.enqueue_event` (two calls, two transactions; each call's time is kept too).
+client does to start a workflow: :meth:`Engine.start`, the execution and its first event in one
+transaction.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -160,8 +159,6 @@ class LedgerflowSystem:
         ping: Callable[[], None] | None = getattr(self.engine.transport, "ping", None)
         if ping is not None:
             ping()  # connect the client to Redis before the clock starts
-        self.create_ms: list[float] = []
-        self.enqueue_ms: list[float] = []
 
     has_steps = True
 
@@ -191,13 +188,9 @@ class LedgerflowSystem:
         return {}
 
     def _start(self, workflow: str, execution_id: str, event: str, data: Mapping[str, Any]) -> None:
-        t0 = time.perf_counter()
-        self.engine.create_execution(workflow, tenant=TENANT, execution_id=execution_id)
-        t1 = time.perf_counter()
-        self.engine.enqueue_event(execution_id, event, tenant=TENANT, payload=dict(data))
-        t2 = time.perf_counter()
-        self.create_ms.append((t1 - t0) * 1000)
-        self.enqueue_ms.append((t2 - t1) * 1000)
+        self.engine.start(
+            workflow, event, tenant=TENANT, payload=dict(data), execution_id=execution_id
+        )
 
     def submit(self, workflow: str, data: Mapping[str, Any]) -> None:
         self._start("InvoiceBench", workflow, "InvoiceSubmitted", data)

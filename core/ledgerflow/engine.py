@@ -220,6 +220,29 @@ class Timer:
         )
 
 
+def _client_event(
+    tenant: str, payload: Mapping[str, JSON] | None, role: str | None, key: str | None
+) -> dict[str, JSON]:
+    """Check what a client gives with an event (see :meth:`Engine.enqueue_event`); returns the
+    payload as a new dict."""
+    _require_tenant(tenant)
+    if payload is not None and not isinstance(payload, Mapping):
+        raise InvalidInputError("the payload must be a JSON object")
+    checked = dict(payload or {})
+    if role is not None and not isinstance(role, str):
+        raise InvalidInputError("role must be a string")
+    if role is not None:
+        _require_name(role, "role")
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise InvalidInputError("key must be a non-empty string")
+        _require_name(key, "key")
+        if key.startswith("ledgerflow."):
+            raise InvalidInputError("keys starting with 'ledgerflow.' are ledgerflow's own")
+    _require_json(checked, "payload")
+    return checked
+
+
 def _digest(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -456,6 +479,72 @@ class Engine:
         )
         return new_id
 
+    def start(
+        self,
+        workflow: str,
+        event: str,
+        *,
+        tenant: str,
+        payload: Mapping[str, JSON] | None = None,
+        role: str | None = None,
+        context: Mapping[str, JSON] | None = None,
+        version: int | Literal["latest"] = "latest",
+        execution_id: str | None = None,
+        key: str | None = None,
+    ) -> tuple[str, str]:
+        """Start an execution of ``workflow`` and append its first ``event`` in one
+        transaction; returns ``(execution_id, event_id)``. The same as :meth:`create_execution`
+        then :meth:`enqueue_event`, in half the round trips: both are committed, or neither.
+
+        Everything is checked before anything is written (the tenant, the context, the event
+        against the pinned version and its payload schema, the role and key). With
+        ``execution_id`` and ``key`` both given, a retry of the same call returns the first
+        call's ids and writes nothing; an ``execution_id`` already used otherwise is refused
+        with :class:`InvalidInputError`.
+        """
+        payload = _client_event(tenant, payload, role, key)
+        if context is not None and not isinstance(context, Mapping):
+            raise InvalidInputError("the context must be a JSON object")
+        definition = self.definition(workflow, version)
+        self.check_event(definition, event, payload)
+        started = machine.start(definition, context=dict(context or {}))
+        _require_json(started.context, "context")
+        state = machine.fold(definition, [started])
+        new_id = execution_id or uuid.uuid4().hex
+        _require_name(new_id, "execution id", 64)
+        first = EventReceived(seq=started.seq + 1, name=event, payload=payload, role=role)
+        try:
+            with self.store.write(tenant=tenant) as conn:
+                self.store.insert_execution(conn, new_id, tenant, state, started)
+                _arm_timers(self.store, conn, definition, new_id, tenant, started.seq, state)
+                (event_id,) = self.store.insert_records(
+                    conn,
+                    new_id,
+                    tenant,
+                    [first],
+                    client_key=key,
+                    published=self.broker != "database",  # _enqueued publishes it below
+                )
+        except sa.exc.IntegrityError as exc:
+            if key is not None and execution_id is not None:
+                with self.store.read(tenant=tenant) as conn:
+                    found = self.store.execution_row(conn, new_id, tenant) is not None
+                    existing = self.store.event_by_key(conn, new_id, key) if found else None
+                if existing is not None:
+                    return new_id, existing  # a retry of a start that committed
+            raise InvalidInputError(
+                f"execution id {new_id!r} cannot be used; choose another"
+            ) from exc
+        self.plugins.notify(
+            "ledgerflow_execution_created",
+            execution_id=new_id,
+            tenant=tenant,
+            workflow=definition.name,
+            version=definition.version,
+        )
+        self._enqueued(new_id, tenant, event_id, first)
+        return new_id, event_id
+
     def enqueue_event(
         self,
         execution_id: str,
@@ -474,21 +563,7 @@ class Engine:
         and :class:`InvalidEventError` for an event the pinned workflow version does not know or
         a payload that breaks its schema; nothing is written then.
         """
-        _require_tenant(tenant)
-        if payload is not None and not isinstance(payload, Mapping):
-            raise InvalidInputError("the payload must be a JSON object")
-        payload = dict(payload or {})
-        if role is not None and not isinstance(role, str):
-            raise InvalidInputError("role must be a string")
-        if role is not None:
-            _require_name(role, "role")
-        if key is not None:
-            if not isinstance(key, str) or not key:
-                raise InvalidInputError("key must be a non-empty string")
-            _require_name(key, "key")
-            if key.startswith("ledgerflow."):
-                raise InvalidInputError("keys starting with 'ledgerflow.' are ledgerflow's own")
-        _require_json(payload, "payload")
+        payload = _client_event(tenant, payload, role, key)
 
         def check(conn: sa.Connection) -> None:
             # in the appending transaction, under the execution's lock: one round of reads

@@ -83,7 +83,6 @@ def test_the_table_gives_medians_spread_and_ratio_to_the_floor() -> None:
             "actions_per_second": 1500.0,
             "steps_per_second": 4000.0,
             "submit_ms": [1.0, 2.0, 3.0],
-            "enqueue_ms": [0.5, 0.5, 0.5],
             "verdict": {"dup_hits": 0},
         },
         {

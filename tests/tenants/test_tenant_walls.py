@@ -68,7 +68,7 @@ def _migrated_or_not_found(engine: Engine, execution_id: str) -> None:
 
 
 # calls whose tenant is the one to create something under, not a lookup
-CREATES = {"create_execution"}
+CREATES = {"create_execution", "start"}
 # calls that take a tenant from a lease the worker holds (internal to workers)
 WORKER_SIDE = {"process"}
 

@@ -1,0 +1,117 @@
+"""Engine.start: an execution and its first event in one transaction, the same ledger as
+create_execution then enqueue_event, and nothing written when anything is wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ledgerflow.engine import Engine
+from ledgerflow.errors import InvalidEventError, InvalidInputError, WorkflowNotFoundError
+from ledgerflow.worker import Worker
+
+TENANT = "acme"
+PAYLOAD = {"invoice": {"id": "INV-1", "total": 120, "customer_id": "C-1"}}
+
+
+def _records(engine: Engine, execution_id: str) -> list[tuple[str, Any]]:
+    return [(h.kind, h.record.seq) for h in engine.history(execution_id, tenant=TENANT)]
+
+
+def test_start_writes_what_create_then_enqueue_writes(engine: Engine) -> None:
+    one, event_id = engine.start(
+        "InvoiceApproval", "CreateInvoice", tenant=TENANT, role="clerk", payload=PAYLOAD
+    )
+    two = engine.create_execution("InvoiceApproval", tenant=TENANT)
+    other = {"invoice": {**PAYLOAD["invoice"], "id": "INV-2"}}
+    engine.enqueue_event(two, "CreateInvoice", tenant=TENANT, role="clerk", payload=other)
+    assert engine.event_status(event_id, tenant=TENANT).status == "pending"
+    assert _records(engine, one) == _records(engine, two)
+    Worker(engine, poll_interval=0.01).run(until_idle=True)
+    for x in (one, two):
+        assert engine.get_execution(x, tenant=TENANT).state == "pending_approval"
+    assert _records(engine, one) == _records(engine, two)
+    info = engine.event_status(event_id, tenant=TENANT)
+    assert (info.status, info.outcome) == ("processed", "applied")
+
+
+def test_a_retried_start_with_its_id_and_key_returns_the_first_ids(engine: Engine) -> None:
+    first = engine.start(
+        "InvoiceApproval",
+        "CreateInvoice",
+        tenant=TENANT,
+        role="clerk",
+        payload=PAYLOAD,
+        execution_id="inv-1",
+        key="submit-inv-1",
+    )
+    before = engine.store.row_counts()
+    again = engine.start(
+        "InvoiceApproval",
+        "CreateInvoice",
+        tenant=TENANT,
+        role="clerk",
+        payload=PAYLOAD,
+        execution_id="inv-1",
+        key="submit-inv-1",
+    )
+    assert again == first
+    assert engine.store.row_counts() == before
+    # the id without the key, or with another key, is taken
+    for key in (None, "another"):
+        with pytest.raises(InvalidInputError, match="cannot be used"):
+            engine.start(
+                "InvoiceApproval",
+                "CreateInvoice",
+                tenant=TENANT,
+                role="clerk",
+                payload=PAYLOAD,
+                execution_id="inv-1",
+                key=key,
+            )
+    # nor is another tenant's retry answered with this tenant's ids
+    with pytest.raises(InvalidInputError, match="cannot be used"):
+        engine.start(
+            "InvoiceApproval",
+            "CreateInvoice",
+            tenant="globex",
+            role="clerk",
+            payload=PAYLOAD,
+            execution_id="inv-1",
+            key="submit-inv-1",
+        )
+    assert engine.store.row_counts() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ({"event": "NoSuchEvent"}, InvalidEventError, "NoSuchEvent"),
+        ({"payload": {"invoice": {"id": "X"}}}, InvalidEventError, "payload"),
+        ({"payload": ["not", "an", "object"]}, InvalidInputError, "JSON object"),
+        ({"context": "not an object"}, InvalidInputError, "context"),
+        ({"role": 7}, InvalidInputError, "role"),
+        ({"key": "ledgerflow.mine"}, InvalidInputError, "ledgerflow's own"),
+        ({"key": ""}, InvalidInputError, "key"),
+        ({"tenant": ""}, InvalidInputError, "tenant"),
+        ({"tenant": "*"}, InvalidInputError, "tenant"),
+        ({"workflow": "NoSuchWorkflow"}, WorkflowNotFoundError, "NoSuchWorkflow"),
+        ({"execution_id": "x" * 65}, InvalidInputError, "execution id"),
+    ],
+)
+def test_bad_input_to_start_writes_nothing(
+    engine: Engine, args: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    call: dict[str, Any] = {
+        "workflow": "InvoiceApproval",
+        "event": "CreateInvoice",
+        "tenant": TENANT,
+        "role": "clerk",
+        "payload": PAYLOAD,
+        **args,
+    }
+    before = engine.store.row_counts()
+    with pytest.raises(error, match=match):
+        engine.start(call.pop("workflow"), call.pop("event"), **call)
+    assert engine.store.row_counts() == before
