@@ -148,9 +148,11 @@ class StepRunner(Protocol):
 class GraphRunner:
     """Runs a transition's steps as a dependency graph; see the module's documentation.
 
-    A step starts as soon as every step in its ``depends_on`` succeeded, on a pool of
-    ``max_parallel`` threads, so independent steps run at the same time and fork/join shapes
-    follow from ``depends_on``. ``async def`` actions run on an event loop this runner owns.
+    A step starts as soon as every step in its ``depends_on`` succeeded, at most
+    ``max_parallel`` of one transition at a time, so independent steps run at the same time and
+    fork/join shapes follow from ``depends_on``. The threads they run on are the runner's own,
+    kept between transitions (several transitions may run at once, from a worker's threads);
+    ``async def`` actions run on an event loop this runner owns. :meth:`close` ends both.
     """
 
     def __init__(
@@ -176,12 +178,28 @@ class GraphRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _steps_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads steps run on, started on first use (threads are made as needed and
+        kept; each transition keeps to ``max_parallel`` of them)."""
+        with self._loop_lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=max(32, 4 * self.max_parallel),
+                    thread_name_prefix="ledgerflow-step",
+                )
+            return self._pool
 
     def close(self) -> None:
-        """Stop the event loop of ``async def`` actions, if one was started."""
+        """Stop the step threads (after the steps running finish) and the event loop of
+        ``async def`` actions, if they were started."""
         with self._loop_lock:
             loop, thread = self._loop, self._loop_thread
             self._loop = self._loop_thread = None
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         if loop is not None and thread is not None:
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
@@ -198,28 +216,25 @@ class GraphRunner:
         failure: str | None = None
         compensate = False
         parallel = min(self.max_parallel, len(job.steps)) > 1
-        with (
-            concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.max_parallel, thread_name_prefix="ledgerflow-step"
-            )
-            if parallel
-            else _InlinePool()
-        ) as pool:
-            running: dict[concurrent.futures.Future[StepOutcome], CompiledStep] = {}
+        pool: concurrent.futures.Executor = self._steps_pool() if parallel else _InlinePool()
+        running: dict[concurrent.futures.Future[StepOutcome], CompiledStep] = {}
 
-            def start_ready() -> None:
-                for step_id in [s for s, deps in waiting.items() if not deps]:
-                    del waiting[step_id]
-                    compiled = by_id[step_id]
-                    variables = {
-                        **job.variables,
-                        "steps": {k: {"result": v} for k, v in results.items()},
-                        "execution": {"id": job.execution_id, "tenant": job.tenant},
-                    }
-                    # each step runs in the caller's context: its tenant scope, above all
-                    call = contextvars.copy_context().run
-                    running[pool.submit(call, self._run_step, job, compiled, variables)] = compiled
+        def start_ready() -> None:
+            for step_id in [s for s, deps in waiting.items() if not deps]:
+                if len(running) >= self.max_parallel:
+                    return  # the rest start as these finish
+                del waiting[step_id]
+                compiled = by_id[step_id]
+                variables = {
+                    **job.variables,
+                    "steps": {k: {"result": v} for k, v in results.items()},
+                    "execution": {"id": job.execution_id, "tenant": job.tenant},
+                }
+                # each step runs in the caller's context: its tenant scope, above all
+                call = contextvars.copy_context().run
+                running[pool.submit(call, self._run_step, job, compiled, variables)] = compiled
 
+        try:
             start_ready()
             while running:
                 done, _ = concurrent.futures.wait(running, return_when=FIRST_COMPLETED)
@@ -247,6 +262,11 @@ class GraphRunner:
                     waiting.clear()  # stop: nothing new starts; running steps finish
                 if failure is None:
                     start_ready()
+        except BaseException:
+            # the steps already started finish before the error goes up: nothing of this run
+            # is left writing behind the caller's back
+            concurrent.futures.wait(running)
+            raise
         if compensate:
             assert failure is not None
             undone = self.compensate(job, [c.step.id for c in completed], results, failure)
