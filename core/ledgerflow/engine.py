@@ -407,12 +407,19 @@ class Engine:
 
         Raises :class:`WorkflowNotFoundError` if there is none.
         """
+        return self._resolve(name, version)
+
+    def _resolve(
+        self, name: str, version: int | Literal["latest"], conn: sa.Connection | None = None
+    ) -> Definition:
+        """:meth:`definition`, read in ``conn``'s transaction when one is given (a caller
+        about to write saves a transaction of its own)."""
         if version == "latest":
-            latest = self.store.latest_version(name)
+            latest = self.store.latest_version(name, conn)
             if latest is None:
                 raise WorkflowNotFoundError(f"no workflow named {name!r} is registered")
             version = latest
-        return self._definition(name, version)
+        return self._definition(name, version, conn)
 
     def _definition(self, name: str, version: int, conn: sa.Connection | None = None) -> Definition:
         """The definition ``name`` ``version``, compiled once; read in ``conn``'s transaction
@@ -456,14 +463,15 @@ class Engine:
         _require_tenant(tenant)
         if context is not None and not isinstance(context, Mapping):
             raise InvalidInputError("the context must be a JSON object")
-        definition = self.definition(workflow, version)
-        started = machine.start(definition, context=dict(context or {}))
-        _require_json(started.context, "context")
-        state = machine.fold(definition, [started])
         new_id = execution_id or uuid.uuid4().hex
         _require_name(new_id, "execution id", 64)
         try:
             with self.store.write(tenant=tenant) as conn:
+                # resolved in the writing transaction: one transaction for the whole call
+                definition = self._resolve(workflow, version, conn)
+                started = machine.start(definition, context=dict(context or {}))
+                _require_json(started.context, "context")
+                state = machine.fold(definition, [started])
                 self.store.insert_execution(conn, new_id, tenant, state, started)
                 _arm_timers(self.store, conn, definition, new_id, tenant, started.seq, state)
         except sa.exc.IntegrityError as exc:
@@ -505,16 +513,18 @@ class Engine:
         payload = _client_event(tenant, payload, role, key)
         if context is not None and not isinstance(context, Mapping):
             raise InvalidInputError("the context must be a JSON object")
-        definition = self.definition(workflow, version)
-        self.check_event(definition, event, payload)
-        started = machine.start(definition, context=dict(context or {}))
-        _require_json(started.context, "context")
-        state = machine.fold(definition, [started])
         new_id = execution_id or uuid.uuid4().hex
         _require_name(new_id, "execution id", 64)
-        first = EventReceived(seq=started.seq + 1, name=event, payload=payload, role=role)
         try:
             with self.store.write(tenant=tenant) as conn:
+                # checked in the writing transaction, before its first write: what is raised
+                # rolls it back with nothing written
+                definition = self._resolve(workflow, version, conn)
+                self.check_event(definition, event, payload)
+                started = machine.start(definition, context=dict(context or {}))
+                _require_json(started.context, "context")
+                state = machine.fold(definition, [started])
+                first = EventReceived(seq=started.seq + 1, name=event, payload=payload, role=role)
                 self.store.insert_execution(conn, new_id, tenant, state, started)
                 _arm_timers(self.store, conn, definition, new_id, tenant, started.seq, state)
                 (event_id,) = self.store.insert_records(

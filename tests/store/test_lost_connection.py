@@ -3,6 +3,9 @@ says so, not a driver error, and the next transaction gets a fresh connection.""
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -10,6 +13,8 @@ import sqlalchemy as sa
 from ledgerflow.errors import StoreUnavailableError
 from ledgerflow.store import ALL_TENANTS
 from ledgerflow.store.sql import SQLStore
+
+PG_ADMIN = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _cut_mid_transaction(store: SQLStore, url: str) -> None:
@@ -29,5 +34,48 @@ def test_a_connection_cut_mid_transaction_is_a_store_error(pg_url: str) -> None:
             _cut_mid_transaction(store, pg_url)
         with store.read(tenant=ALL_TENANTS) as conn:
             assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("transaction", ["read", "write", "action_write"])
+def test_pooled_connections_the_server_dropped_are_replaced_without_an_error(
+    pg_url: str, pg_action_url: str, transaction: str
+) -> None:
+    """No ping at checkout: after a restart (here, every idle backend of the pool ended) the
+    first statement of the next transaction finds its connection dead and the store takes a
+    new one, before anything of the caller's was sent."""
+    from ledgerflow.store import confine_role
+
+    store = SQLStore(pg_url, action_url=pg_action_url)
+    try:
+        with store.write() as conn:
+            confine_role(conn, pg_action_url.split("://", 1)[1].split("@", 1)[0])
+
+        def begin() -> contextlib.AbstractContextManager[sa.Connection]:
+            if transaction == "read":
+                return store.read(tenant="acme")
+            if transaction == "write":
+                return store.write(tenant="acme")
+            return store.action_write("READ COMMITTED", tenant="acme")
+
+        pids = set()
+        for _ in range(3):
+            with begin() as conn:
+                pids.add(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+        # as the administrator: the confined role's backends are not the test role's to end
+        with psycopg.connect(PG_ADMIN, autocommit=True) as other:
+            for pid in pids:
+                other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for _ in range(3):
+            with begin() as conn:
+                fresh = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+                assert fresh not in pids
+                assert (
+                    conn.execute(
+                        sa.text("SELECT current_setting('ledgerflow.tenant')")
+                    ).scalar_one()
+                    == "acme"
+                )
     finally:
         store.close()

@@ -148,6 +148,9 @@ _SAVE_PROJECTION = (
         updated_at=sa.bindparam("updated_at"),
     )
 )
+_LATEST_VERSION = sa.select(sa.func.max(definitions.c.version)).where(
+    definitions.c.name == sa.bindparam("name")
+)
 _ACTION_RESULT = sa.select(action_results.c.result).where(
     action_results.c.key == sa.bindparam("key")
 )
@@ -351,6 +354,15 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _lost(pool: Engine, exc: BaseException) -> StoreUnavailableError:
+    """The error for a connection the server dropped mid-transaction (restarted, or the
+    connection was cut): the transaction did not commit (or, cut during its commit, may have:
+    an append retried with its client key is harmless); the pool replaces the connection."""
+    return StoreUnavailableError(
+        f"lost the connection to the database at {pool.url.render_as_string()}: {first_line(exc)}"
+    )
+
+
 @attrs.frozen(kw_only=True)
 class StoredRecord:
     """A ledger record as stored: the record plus its event id, status and times."""
@@ -423,7 +435,9 @@ class SQLStore:
             if self.url.startswith("sqlite"):
                 self.engine = _sqlite_engine(self.url)
             else:
-                self.engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=10)
+                # no ping at checkout: a connection dropped by a restart is replaced when the
+                # first statement of a transaction finds it dead (see _transaction)
+                self.engine = sa.create_engine(self.url, pool_size=10)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StoreUnavailableError(f"cannot use database URL {url!r}: {exc}") from exc
         self.dialect = self.engine.dialect.name
@@ -447,7 +461,7 @@ class SQLStore:
                 "the role for database actions must reach the ledger's own database "
                 f"({mine.render_as_string()}), not {target.render_as_string()}"
             )
-        return sa.create_engine(target, pool_pre_ping=True, pool_size=10)
+        return sa.create_engine(target, pool_size=10)
 
     def __repr__(self) -> str:
         return f"SQLStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -474,14 +488,12 @@ class SQLStore:
         can see or write on PostgreSQL, where row-level security enforces it; a transaction
         with no tenant at all sees no tenant's rows there.
         """
-        with self._connect() as conn:
-            if self.dialect == "sqlite":
-                conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-            elif isolation is not None:
-                conn = conn.execution_options(isolation_level=isolation)
-            with conn.begin():
-                self._set_tenant(conn, tenant)
-                yield conn
+        if self.dialect == "sqlite":
+            options: dict[str, Any] = {"sqlite_begin": "IMMEDIATE"}
+        else:
+            options = {} if isolation is None else {"isolation_level": isolation}
+        with self._transaction(self.engine, tenant, options) as conn:
+            yield conn
 
     @contextlib.contextmanager
     def action_write(self, isolation: str, *, tenant: str) -> Iterator[Connection]:
@@ -492,13 +504,11 @@ class SQLStore:
             with self.write(isolation, tenant=tenant) as conn:
                 yield conn
             return
-        with self._connect(self.action_engine) as conn:
-            conn = conn.execution_options(isolation_level=isolation)
-            with conn.begin():
-                if not self._confinement_checked:
-                    self._check_confined(conn)
-                self._set_tenant(conn, tenant)
-                yield conn
+        options = {"isolation_level": isolation}
+        with self._transaction(self.action_engine, tenant, options) as conn:
+            if not self._confinement_checked:
+                self._check_confined(conn)
+            yield conn
 
     def _check_confined(self, conn: Connection) -> None:
         """Refuse to run actions as a role the wall would not hold."""
@@ -525,9 +535,49 @@ class SQLStore:
     def read(self, *, tenant: str | None = None) -> Iterator[Connection]:
         """A read transaction: every read in it sees one snapshot of the database, and on
         PostgreSQL only the rows of ``tenant`` (as for :meth:`write`)."""
-        with self._connect() as conn, conn.begin():
-            self._set_tenant(conn, tenant)
+        with self._transaction(self.engine, tenant, {}) as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def _transaction(
+        self, pool: Engine, tenant: str | None, options: Mapping[str, Any]
+    ) -> Iterator[Connection]:
+        """A transaction on a connection of ``pool`` whose first statement (on PostgreSQL, the
+        tenant setting) went through. A pooled connection that the server dropped since its
+        last use (after a restart) fails that statement, with nothing of the caller's sent
+        yet: it is replaced once, transparently, so no round trip is spent testing every
+        connection taken from the pool. A connection lost later raises
+        :class:`StoreUnavailableError` (see :meth:`_connect`)."""
+        for attempt in range(2):
+            try:
+                conn = pool.connect()
+            except sa.exc.OperationalError as exc:
+                raise StoreUnavailableError(
+                    f"cannot reach the database at {pool.url.render_as_string()}: {first_line(exc)}"
+                ) from exc
+            try:
+                if options:
+                    conn = conn.execution_options(**options)
+                transaction = conn.begin()
+                self._set_tenant(conn, tenant)
+            except sa.exc.DBAPIError as exc:
+                conn.close()
+                if not exc.connection_invalidated:
+                    raise
+                if attempt == 0:
+                    continue  # the pool was invalidated with it: the next one is new
+                raise _lost(pool, exc) from exc
+            except BaseException:
+                conn.close()
+                raise
+            break
+        try:
+            with conn, transaction:
+                yield conn
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            raise _lost(pool, exc) from exc
 
     def _set_tenant(self, conn: Connection, tenant: str | None) -> None:
         """Tell PostgreSQL's row-level security policies whose rows this transaction may
@@ -552,13 +602,7 @@ class SQLStore:
         except sa.exc.DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
-            # the server went away mid-transaction (restarted, or the connection was cut):
-            # the transaction did not commit (or, cut during its commit, may have: an append
-            # retried with its client key is harmless); the pool replaces the connection
-            raise StoreUnavailableError(
-                f"lost the connection to the database at "
-                f"{pool.url.render_as_string()}: {first_line(exc)}"
-            ) from exc
+            raise _lost(pool, exc) from exc
 
     # ----------------------------------------------------------------------------------------
     # Schema
@@ -634,12 +678,13 @@ class SQLStore:
         ).scalar()
         return body
 
-    def latest_version(self, name: str) -> int | None:
-        """The highest version registered for ``name``, if any."""
-        with self.read() as conn:
-            return conn.execute(
-                sa.select(sa.func.max(definitions.c.version)).where(definitions.c.name == name)
-            ).scalar()
+    def latest_version(self, name: str, conn: Connection | None = None) -> int | None:
+        """The highest version registered for ``name``, if any (read in ``conn``'s
+        transaction when one is given)."""
+        if conn is None:
+            with self.read() as own:
+                return self.latest_version(name, own)
+        return conn.execute(_LATEST_VERSION, {"name": name}).scalar()
 
     def list_definitions(self) -> list[tuple[str, int, str, float]]:
         """Every registered ``(name, version, hash, registered_at)``, by name then version."""
