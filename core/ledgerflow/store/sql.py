@@ -1087,6 +1087,29 @@ class SQLStore:
         lease and waits for those outbox rows. Without it the call waits, so a worker handed
         a wake-up sees the lease either still held or given up (see
         :meth:`release_lease_if_idle`)."""
+        if not skip_locked:
+            # one statement: a new row, or the free (or expired) one taken over, else nothing
+            insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+            statement = insert(leases).values(
+                execution_id=execution_id,
+                owner=owner,
+                token=1,
+                expires_at=now + ttl,
+                tenant=tenant,
+            )
+            taken = conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[leases.c.execution_id],
+                    set_={
+                        "owner": statement.excluded.owner,
+                        "token": leases.c.token + 1,
+                        "expires_at": statement.excluded.expires_at,
+                        "tenant": sa.func.coalesce(statement.excluded.tenant, leases.c.tenant),
+                    },
+                    where=leases.c.expires_at <= now,
+                ).returning(leases.c.token)
+            ).first()
+            return None if taken is None else int(taken.token)
         query = sa.select(leases).where(leases.c.execution_id == execution_id)
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=skip_locked)
