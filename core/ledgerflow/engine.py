@@ -220,6 +220,16 @@ class Timer:
         )
 
 
+@attrs.frozen(kw_only=True)
+class _FirstEvent:
+    """The event :meth:`Engine.start` appends with a new execution, as the client gave it."""
+
+    name: str
+    payload: dict[str, JSON]
+    role: str | None
+    key: str | None
+
+
 def _client_event(
     tenant: str, payload: Mapping[str, JSON] | None, role: str | None, key: str | None
 ) -> dict[str, JSON]:
@@ -461,30 +471,7 @@ class Engine:
         """Start an execution of ``workflow``, pinned to ``version`` (``"latest"`` resolves now,
         once), for ``tenant``, with an initial ``context``; returns its id."""
         _require_tenant(tenant)
-        if context is not None and not isinstance(context, Mapping):
-            raise InvalidInputError("the context must be a JSON object")
-        new_id = execution_id or uuid.uuid4().hex
-        _require_name(new_id, "execution id", 64)
-        try:
-            with self.store.write(tenant=tenant) as conn:
-                # resolved in the writing transaction: one transaction for the whole call
-                definition = self._resolve(workflow, version, conn)
-                started = machine.start(definition, context=dict(context or {}))
-                _require_json(started.context, "context")
-                state = machine.fold(definition, [started])
-                self.store.insert_execution(conn, new_id, tenant, state, started)
-                _arm_timers(self.store, conn, definition, new_id, tenant, started.seq, state)
-        except sa.exc.IntegrityError as exc:
-            raise InvalidInputError(
-                f"execution id {new_id!r} cannot be used; choose another"
-            ) from exc
-        self.plugins.notify(
-            "ledgerflow_execution_created",
-            execution_id=new_id,
-            tenant=tenant,
-            workflow=definition.name,
-            version=definition.version,
-        )
+        new_id, _ = self._create(workflow, version, tenant, context, execution_id, None)
         return new_id
 
     def start(
@@ -511,35 +498,57 @@ class Engine:
         with :class:`InvalidInputError`.
         """
         payload = _client_event(tenant, payload, role, key)
+        first = _FirstEvent(name=event, payload=payload, role=role, key=key)
+        new_id, event_id = self._create(workflow, version, tenant, context, execution_id, first)
+        assert event_id is not None
+        return new_id, event_id
+
+    def _create(
+        self,
+        workflow: str,
+        version: int | Literal["latest"],
+        tenant: str,
+        context: Mapping[str, JSON] | None,
+        execution_id: str | None,
+        first: _FirstEvent | None,
+    ) -> tuple[str, str | None]:
+        """Insert a new execution, with ``first`` appended to it in the same transaction if
+        given; tell the plugins and publish after the commit. Returns the ids."""
         if context is not None and not isinstance(context, Mapping):
             raise InvalidInputError("the context must be a JSON object")
         new_id = execution_id or uuid.uuid4().hex
         _require_name(new_id, "execution id", 64)
+        event: EventReceived | None = None
+        event_id: str | None = None
         try:
             with self.store.write(tenant=tenant) as conn:
-                # checked in the writing transaction, before its first write: what is raised
-                # rolls it back with nothing written
+                # resolved and checked in the writing transaction, before its first write:
+                # one transaction for the whole call, and what is raised leaves nothing written
                 definition = self._resolve(workflow, version, conn)
-                self.check_event(definition, event, payload)
+                if first is not None:
+                    self.check_event(definition, first.name, first.payload)
                 started = machine.start(definition, context=dict(context or {}))
                 _require_json(started.context, "context")
                 state = machine.fold(definition, [started])
-                first = EventReceived(seq=started.seq + 1, name=event, payload=payload, role=role)
                 self.store.insert_execution(conn, new_id, tenant, state, started)
                 _arm_timers(self.store, conn, definition, new_id, tenant, started.seq, state)
-                (event_id,) = self.store.insert_records(
-                    conn,
-                    new_id,
-                    tenant,
-                    [first],
-                    client_key=key,
-                    published=self.broker != "database",  # _enqueued publishes it below
-                )
+                if first is not None:
+                    event = EventReceived(
+                        seq=started.seq + 1, name=first.name, payload=first.payload, role=first.role
+                    )
+                    (event_id,) = self.store.insert_records(
+                        conn,
+                        new_id,
+                        tenant,
+                        [event],
+                        client_key=first.key,
+                        published=self.broker != "database",  # _enqueued publishes it below
+                    )
         except sa.exc.IntegrityError as exc:
-            if key is not None and execution_id is not None:
+            if first is not None and first.key is not None and execution_id is not None:
                 with self.store.read(tenant=tenant) as conn:
                     found = self.store.execution_row(conn, new_id, tenant) is not None
-                    existing = self.store.event_by_key(conn, new_id, key) if found else None
+                    existing = self.store.event_by_key(conn, new_id, first.key) if found else None
                 if existing is not None:
                     return new_id, existing  # a retry of a start that committed
             raise InvalidInputError(
@@ -552,7 +561,8 @@ class Engine:
             workflow=definition.name,
             version=definition.version,
         )
-        self._enqueued(new_id, tenant, event_id, first)
+        if event is not None and event_id is not None:
+            self._enqueued(new_id, tenant, event_id, event)
         return new_id, event_id
 
     def enqueue_event(

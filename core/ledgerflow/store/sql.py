@@ -354,6 +354,17 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _checkout(pool: Engine) -> Connection:
+    """A connection of ``pool``; :class:`StoreUnavailableError` when the server is not
+    reachable."""
+    try:
+        return pool.connect()
+    except sa.exc.OperationalError as exc:
+        raise StoreUnavailableError(
+            f"cannot reach the database at {pool.url.render_as_string()}: {first_line(exc)}"
+        ) from exc
+
+
 def _lost(pool: Engine, exc: BaseException) -> StoreUnavailableError:
     """The error for a connection the server dropped mid-transaction (restarted, or the
     connection was cut): the transaction did not commit (or, cut during its commit, may have:
@@ -549,12 +560,7 @@ class SQLStore:
         connection taken from the pool. A connection lost later raises
         :class:`StoreUnavailableError` (see :meth:`_connect`)."""
         for attempt in range(2):
-            try:
-                conn = pool.connect()
-            except sa.exc.OperationalError as exc:
-                raise StoreUnavailableError(
-                    f"cannot reach the database at {pool.url.render_as_string()}: {first_line(exc)}"
-                ) from exc
+            conn = _checkout(pool)
             try:
                 if options:
                     conn = conn.execution_options(**options)
@@ -590,12 +596,7 @@ class SQLStore:
     @contextlib.contextmanager
     def _connect(self, pool: Engine | None = None) -> Iterator[Connection]:
         pool = pool or self.engine
-        try:
-            conn = pool.connect()
-        except sa.exc.OperationalError as exc:
-            raise StoreUnavailableError(
-                f"cannot reach the database at {pool.url.render_as_string()}: {first_line(exc)}"
-            ) from exc
+        conn = _checkout(pool)
         try:
             with conn:
                 yield conn
