@@ -17,7 +17,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -52,8 +52,9 @@ from ledgerflow.model import (
 )
 from ledgerflow.plugins import Plugins
 from ledgerflow.registry import ActionRegistry
-from ledgerflow.store.schema import action_results
-from ledgerflow.store.sql import SQLStore
+from ledgerflow.store import ALL_TENANTS
+from ledgerflow.store.schema import action_results, events, leases, timers
+from ledgerflow.store.sql import SQLStore, StoredRecord
 from ledgerflow.worker import Worker
 
 __all__ = [
@@ -77,6 +78,26 @@ DEFAULT_START = 1_767_225_600.0
 
 _PROBE = "ledgerflow.testing"
 _MEMORY_URLS = ("sqlite://", "sqlite:///:memory:")
+
+# what a worker's poll looks for: a timer due, and executions with an undecided event whose
+# lease is free (the store's pending_executions asks the same)
+_DUE_TIMER = (
+    sa.select(timers.c.id)
+    .where(timers.c.state == "armed", timers.c.due_at <= sa.bindparam("now"))
+    .limit(1)
+)
+_WAITING = (
+    sa.select(events.c.execution_id, events.c.tenant)
+    .where(
+        events.c.status == "pending",
+        ~sa.exists().where(
+            leases.c.execution_id == events.c.execution_id,
+            leases.c.expires_at > sa.bindparam("now"),
+        ),
+    )
+    .group_by(events.c.execution_id, events.c.tenant)
+    .limit(64)
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,6 +433,11 @@ class Harness:
         self._taken_over = False
         self._calls_made = 0
         self._lock = threading.RLock()
+        # the time of the clock when a processing last found nothing left to do, while nothing
+        # but the appends of send(), to the executions in _appended, happened since (None
+        # otherwise): what _process needs to know to skip its first look for work
+        self._idle_at: float | None = None
+        self._appended: set[str] = set()
         if _is_memory(url):
             self.store = _memory_store(url, self.clock, snapshot_every)
         else:
@@ -475,6 +501,7 @@ class Harness:
         self.disarm()
         self._successor = None
         self._taken_over = False
+        self._idle_at, self._appended = None, set()
         self.calls.clear()
         self.faults.clear()
         self.executions.clear()
@@ -526,6 +553,7 @@ class Harness:
             if not self.definitions:
                 raise ValueError("name the workflow: the harness was given no definition")
             workflow = self.definitions[0].name
+        self._idle_at = None  # an execution's start may arm timers
         execution_id = self.engine.create_execution(
             workflow, version, tenant=self.tenant, context=context, execution_id=execution_id
         )
@@ -554,6 +582,7 @@ class Harness:
             name, payload, role = event.name, event.payload, event.role
         else:
             name = event
+        self._appended.add(execution_id)
         event_id = self.engine.enqueue_event(
             execution_id, name, tenant=self.tenant, role=role, payload=payload, key=key
         )
@@ -572,7 +601,27 @@ class Harness:
         :class:`SimulatedCrash` when an armed fault strikes: the worker is then "dead", its
         lease left to expire (see :meth:`recover`).
         """
-        with self._serving():
+        return self._process()[0]
+
+    def _process(
+        self, known: Sequence[str] = (), *, look: str | None = None
+    ) -> tuple[int, _Look | None]:
+        """:meth:`process`, with two shortcuts for a caller that knows where the work is.
+
+        ``known`` are executions of the harness's tenant the caller may have appended events
+        to (with :meth:`send`). If the last processing found nothing left to do, the clock has
+        not moved since, and nothing happened since but appends to these executions, those
+        appended to hold the only work and no timer is due: they are processed at once,
+        without the first look for work (which would have found just them). Otherwise it
+        looks for work first, as :meth:`process` does.
+
+        ``look``, an execution, is read (see :meth:`_look`) in the transaction of the last look
+        for work, the one that found nothing left: nothing can change between the two. The
+        look is ``None`` if the processing ended otherwise (leaving an execution a crashed
+        worker holds, say).
+        """
+        idle = self._idle_at == self.clock() and self._appended <= set(known)
+        with self._serving() as serving:
             if self.use_worker:
                 worker = Worker(
                     self.engine,
@@ -581,13 +630,21 @@ class Harness:
                     sweep_interval=0.0,
                     name=f"harness-worker-{self.workers}",
                 )
-                return worker.run_once()
+                return worker.run_once(), None
             processed = 0
+            found = [(x, self.tenant) for x in known if x in self._appended] if idle else []
             for _ in range(1000):
-                self.engine.fire_due_timers()  # as a worker does before looking for work
-                found = self.store.pending_executions(64)
                 if not found:
-                    return processed
+                    poll = self._poll(serving, look)
+                    if poll.due:
+                        # as a worker does before looking for work; the events they append
+                        # are pending now
+                        self.engine.fire_due_timers()
+                        found = self.store.pending_executions(64)
+                    else:
+                        found = poll.found
+                    if not found:
+                        return processed, None if poll.read is None else self._looked(poll.read)
                 progress = False
                 for execution_id, tenant in found:
                     done = self._process_one(execution_id, tenant)
@@ -595,7 +652,8 @@ class Harness:
                         processed += done
                         progress = True
                 if not progress:
-                    return processed
+                    return processed, None
+                found = []
             raise RuntimeError("events are still pending after 1000 rounds of processing")
 
     def redeliver(self, execution_id: str) -> int:
@@ -739,14 +797,28 @@ class Harness:
         """Everything about one execution, each read once."""
         # one read transaction: one snapshot of the database for everything checked
         with self.store.read(tenant=self.tenant) as conn:
-            row = self.store.execution_row(conn, execution_id, self.tenant)
-            if row is None:
-                raise ExecutionNotFoundError(f"execution {execution_id} not found")
-            stored = self.store.records(conn, execution_id, self.tenant)
-            snapshots = self.store.snapshot_states(execution_id, self.tenant, conn=conn)
-            results = self._results_in(conn, execution_id)
-        projection = Execution.from_row(row)
-        history = [HistoryEntry.from_stored(s) for s in stored]
+            read = self._read(conn, execution_id)
+        return self._looked(read)
+
+    def _read(self, conn: sa.Connection, execution_id: str) -> _Read:
+        """What :meth:`_look` reads, in ``conn``'s transaction."""
+        row = self.store.execution_row(conn, execution_id, self.tenant)
+        if row is None:
+            raise ExecutionNotFoundError(f"execution {execution_id} not found")
+        return _Read(
+            execution_id=execution_id,
+            row=row,
+            stored=self.store.records(conn, execution_id, self.tenant),
+            snapshots=self.store.snapshot_states(execution_id, self.tenant, conn=conn),
+            results=self._results_in(conn, execution_id),
+        )
+
+    def _looked(self, read: _Read) -> _Look:
+        """The look made of what was read (outside the read's transaction: the engine may
+        read the definition in a transaction of its own)."""
+        execution_id, snapshots, results = read.execution_id, read.snapshots, read.results
+        projection = Execution.from_row(read.row)
+        history = [HistoryEntry.from_stored(s) for s in read.stored]
         definition = self.engine.definition(projection.workflow, projection.version)
         records = [entry.record for entry in history]
         return _Look(
@@ -800,16 +872,52 @@ class Harness:
     # Internals
     # ----------------------------------------------------------------------------------------
 
+    def _poll(self, serving: _Serving, look: str | None = None) -> _Poll:
+        """What a worker's poll would find, in one read transaction: whether a timer is due
+        by the clock and, if not, up to 64 ``(execution_id, tenant)`` holding an undecided
+        event and no live lease (what :meth:`SQLStore.pending_executions
+        <ledgerflow.store.sql.SQLStore.pending_executions>` finds). When it finds neither, the
+        processing is over, and the same transaction reads the keys recorded for the
+        executions of the calls made during it (for :meth:`_settle_calls`) and, if asked,
+        ``look``."""
+        now = self.clock()
+        with self.store.read(tenant=ALL_TENANTS) as conn:
+            if conn.execute(_DUE_TIMER, {"now": now}).first() is not None:
+                return _Poll(due=True)
+            found = [(r.execution_id, r.tenant) for r in conn.execute(_WAITING, {"now": now})]
+            if found:
+                return _Poll(found=found)
+            serving.recorded = self._recorded_keys_in(conn, serving.first)
+            serving.calls_then = len(self.calls)
+            read = None if look is None else self._read(conn, look)
+        self._idle_at, self._appended = now, set()
+        return _Poll(read=read)
+
+    def _recorded_keys_in(self, conn: sa.Connection, first: int) -> set[str]:
+        """The keys with a recorded result among the executions of the calls since
+        ``first``."""
+        executions = {c.execution_id for c in self.calls[first:]}
+        if not executions:
+            return set()
+        rows = conn.execute(
+            sa.select(action_results.c.key).where(
+                action_results.c.execution_id.in_(sorted(executions)),
+                action_results.c.tenant == self.tenant,
+            )
+        )
+        return {row.key for row in rows}
+
     @contextlib.contextmanager
-    def _serving(self) -> Iterator[None]:
+    def _serving(self) -> Iterator[_Serving]:
+        self._idle_at = None  # until a look for work finds nothing left
         previous = self._probe.target
         self._probe.target = self
-        first = len(self.calls)
+        serving = _Serving(first=len(self.calls))
         try:
-            yield
+            yield serving
         finally:
             self._probe.target = previous
-            self._settle_calls(first)
+            self._settle_calls(serving)
 
     def _process_one(self, execution_id: str, tenant: str) -> int | None:
         owner = f"harness-worker-{self.workers}"
@@ -891,16 +999,19 @@ class Harness:
                 Lease(owner=successor, token=token, ttl=self.lease_ttl),
             )
 
-    def _settle_calls(self, first: int) -> None:
-        """Mark which of the calls since ``first`` had their result recorded: a call that
-        returned, whose key now has a result that no earlier call of the key accounts for."""
+    def _settle_calls(self, serving: _Serving) -> None:
+        """Mark which of the calls since ``serving.first`` had their result recorded: a call
+        that returned, whose key now has a result that no earlier call of the key accounts
+        for. The recorded keys are read now, unless the processing read them as it ended."""
+        first = serving.first
         with self._lock:
             fresh = self.calls[first:]
             if not fresh:
                 return
-            recorded: set[str] = set()
-            for execution_id in {c.execution_id for c in fresh}:
-                recorded |= set(self.results(execution_id))
+            recorded = serving.recorded
+            if recorded is None or len(self.calls) != serving.calls_then:
+                with self.store.read(tenant=self.tenant) as conn:
+                    recorded = self._recorded_keys_in(conn, first)
             accounted = {c.key for c in self.calls[:first] if c.recorded}
             settled: list[ActionCall] = []
             for call in fresh:
@@ -910,6 +1021,38 @@ class Harness:
                     accounted.add(call.key)
                 settled.append(attrs.evolve(call, recorded=mine))
             self.calls[first:] = settled
+
+
+@attrs.define
+class _Serving:
+    """One processing by the harness: the index of its first action call in
+    :attr:`Harness.calls`, and, once the processing found nothing left to do, the keys then
+    recorded for the executions it called actions of (``None`` until then)."""
+
+    first: int
+    recorded: set[str] | None = None
+    calls_then: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class _Poll:
+    """What :meth:`Harness._poll` found: a timer ``due``, else the executions ``found`` with
+    work, else nothing (and what it ``read`` of the execution it was asked to look at)."""
+
+    due: bool = False
+    found: list[tuple[str, str]] = attrs.Factory(list)
+    read: _Read | None = None
+
+
+@attrs.frozen(kw_only=True)
+class _Read:
+    """The rows a look at one execution is made of, read in one transaction."""
+
+    execution_id: str
+    row: Any
+    stored: list[StoredRecord]
+    snapshots: list[State]
+    results: dict[str, JSON]
 
 
 @attrs.frozen(kw_only=True)
