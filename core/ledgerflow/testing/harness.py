@@ -98,6 +98,14 @@ _WAITING = (
     .group_by(events.c.execution_id, events.c.tenant)
     .limit(64)
 )
+_RESULTS = sa.select(action_results.c.key, action_results.c.result).where(
+    action_results.c.execution_id == sa.bindparam("execution_id"),
+    action_results.c.tenant == sa.bindparam("tenant"),
+)
+_RECORDED_KEYS = sa.select(action_results.c.key).where(
+    action_results.c.execution_id.in_(sa.bindparam("executions", expanding=True)),
+    action_results.c.tenant == sa.bindparam("tenant"),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -749,12 +757,7 @@ class Harness:
             return self._results_in(conn, execution_id)
 
     def _results_in(self, conn: sa.Connection, execution_id: str) -> dict[str, JSON]:
-        rows = conn.execute(
-            sa.select(action_results.c.key, action_results.c.result).where(
-                action_results.c.execution_id == execution_id,
-                action_results.c.tenant == self.tenant,
-            )
-        )
+        rows = conn.execute(_RESULTS, {"execution_id": execution_id, "tenant": self.tenant})
         return {row.key: row.result for row in rows}
 
     def pending(self, execution_id: str) -> list[HistoryEntry]:
@@ -900,10 +903,7 @@ class Harness:
         if not executions:
             return set()
         rows = conn.execute(
-            sa.select(action_results.c.key).where(
-                action_results.c.execution_id.in_(sorted(executions)),
-                action_results.c.tenant == self.tenant,
-            )
+            _RECORDED_KEYS, {"executions": sorted(executions), "tenant": self.tenant}
         )
         return {row.key for row in rows}
 
