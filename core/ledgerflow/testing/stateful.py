@@ -299,13 +299,16 @@ def workflow_machine(
                 subject._check(look)
                 pending = [f"{e.seq} {e.record.kind}" for e in look.pending]
                 assert not pending, f"events left undecided after processing: {pending}"
+                # the effects now, asked once for the comparison and the invariants
+                seen = self._effects(subject) if self.reference is not None or checks else None
                 if self.reference is not None:
                     expected, self.reference_latest = self.reference_latest, None
                     if expected is None:
                         expected = self.reference._look(self.reference_id)
+                    reference = self.reference
                     _same(
-                        self._observed(self.reference, expected),
-                        self._observed(subject, look),
+                        self._observed(reference, expected, self._effects(reference)),
+                        self._observed(subject, look, seen),
                         "after a fault and its recovery the execution differs from the same "
                         "events without the fault",
                     )
@@ -316,7 +319,7 @@ def workflow_machine(
                         state=look.replayed,
                         ledger=tuple(look.records),
                         calls=tuple(subject.calls_of(x)),
-                        effects=effects(subject) if effects is not None else None,
+                        effects=seen,
                     )
                     for check in checks:
                         name = getattr(check, "__name__", repr(check))
@@ -390,16 +393,16 @@ def workflow_machine(
             self.state_name = found.state
             self.story.append(f"{what} -> {found.state} ({found.status.value})")
             if isinstance(fault, Redelivery):
-                before = self._observed(subject, look)
+                before = self._observed(subject, look, self._effects(subject))
                 subject.redeliver(x)
                 look = subject._look(x)
                 _same(
                     before,
-                    self._observed(subject, look),
+                    self._observed(subject, look, self._effects(subject)),
                     "a wake-up delivered again changed the execution",
                 )
             elif isinstance(fault, ClientRetry):
-                before = self._observed(subject, look)
+                before = self._observed(subject, look, self._effects(subject))
                 again = subject.send(x, event, key=key, process=False)
                 assert again == event_id, (
                     f"a retried append (key {key}) got event id {again}, not {event_id}"
@@ -409,7 +412,7 @@ def workflow_machine(
                     look = subject._look(x)
                 _same(
                     before,
-                    self._observed(subject, look),
+                    self._observed(subject, look, self._effects(subject)),
                     f"a retried append (key {key}) changed the execution",
                 )
             self.latest = look
@@ -460,9 +463,15 @@ def workflow_machine(
             assert kind == "send"
             reference.send(self.reference_id, value, key=key, process=False)
 
-        def _observed(self, harness: Harness, look: _Look) -> dict[str, Any]:
+        def _effects(self, harness: Harness) -> JSON:
+            """The effects the ``effects`` function reports of ``harness`` now (``None``
+            without one)."""
+            return effects(harness) if effects is not None else None
+
+        def _observed(self, harness: Harness, look: _Look, seen: JSON) -> dict[str, Any]:
             """What must not differ: the ledger (times left out), the projection, the recorded
-            action results and the effects, with ids made comparable between harnesses."""
+            action results and the effects (``seen``, as :meth:`_effects` reported them), with
+            ids made comparable between harnesses."""
             names = {look.execution_id: "<execution>", harness.tenant: "<tenant>"}
             names.update({e.event_id: f"<event {e.seq}>" for e in look.history})
             projection = look.projection
@@ -477,7 +486,7 @@ def workflow_machine(
                 "results": look.results,
             }
             if effects is not None:
-                observed["effects"] = effects(harness)
+                observed["effects"] = seen
             return _renamed(observed, names)  # type: ignore[no-any-return]
 
         @contextlib.contextmanager
