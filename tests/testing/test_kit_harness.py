@@ -298,9 +298,7 @@ transitions:
 
 
 def kinds(harness: Harness, x: str) -> list[tuple[str, str | None]]:
-    return [
-        (r.kind, r.name if isinstance(r, EventReceived) else None) for r in harness.ledger(x)
-    ]
+    return [(r.kind, r.name if isinstance(r, EventReceived) else None) for r in harness.ledger(x)]
 
 
 def test_told_where_the_work_is_the_harness_still_fires_a_timer_due_first() -> None:
