@@ -63,7 +63,13 @@ from ledgerflow.model import (
 from ledgerflow.notifiers import Notifier
 from ledgerflow.plugins import Plugins, Source
 from ledgerflow.registry import ActionRegistry
-from ledgerflow.store.sql import ALL_TENANTS, SQLStore, StoredRecord, tenant_scope
+from ledgerflow.store.sql import (
+    ALL_TENANTS,
+    SQLStore,
+    StoredRecord,
+    normalise_url,
+    tenant_scope,
+)
 from ledgerflow.transports import Transport, Wakeup
 from ledgerflow.versioning import MigrationReport, Target
 from ledgerflow.versioning import migrate as migrate_executions
@@ -266,9 +272,9 @@ class Engine:
     plugins to use (default: ledgerflow's own and every installed one, see
     :class:`~ledgerflow.plugins.Plugins`). ``runner`` runs an applied transition's steps (by
     default as a dependency graph, independent steps in parallel). ``clock`` gives the time for
-    every timestamp the engine writes. ``action_db`` (default: ``LEDGERFLOW_ACTION_DB``), for a
-    PostgreSQL ``store`` given as a URL, is the same database reached as a confined role: the
-    transactions database actions run in log in as it (see
+    every timestamp the engine writes. ``action_db`` (default: ``LEDGERFLOW_ACTION_DB``, for a
+    PostgreSQL URL), for a ``store`` given as a URL, is the same database reached as a confined
+    role: the transactions database actions run in log in as it (see
     :func:`~ledgerflow.store.confine_role`).
     """
 
@@ -288,10 +294,16 @@ class Engine:
         self.broker = broker or os.environ.get("LEDGERFLOW_BROKER") or "database"
         self._transport: Transport | None = None
         if isinstance(store, SQLStore):
+            if action_db:
+                raise InvalidInputError(
+                    "action_db goes with a database URL; give the store its action_url instead"
+                )
             self.store = store
         else:
             options: dict[str, Any] = {"clock": clock, "snapshot_every": snapshot_every}
-            action_db = action_db or os.environ.get("LEDGERFLOW_ACTION_DB")
+            if not action_db and normalise_url(store).startswith("postgresql"):
+                # the environment's role applies to PostgreSQL stores only
+                action_db = os.environ.get("LEDGERFLOW_ACTION_DB")
             if action_db:
                 options["action_url"] = action_db
             self.store = self.plugins.store_for(store, **options)

@@ -181,13 +181,14 @@ class GraphRunner:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _steps_pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        """The threads steps run on, started on first use (threads are made as needed and
-        kept; each transition keeps to ``max_parallel`` of them)."""
+        """The threads steps run on, started on first use. A thread is made only when none is
+        idle and kept for the next step; the bound is far above what the transitions running
+        at once use (each keeps to ``max_parallel``), so a step that waits (a retry's pause, a
+        slow call, a nested run) never holds back another transition's steps."""
         with self._loop_lock:
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=max(32, 4 * self.max_parallel),
-                    thread_name_prefix="ledgerflow-step",
+                    max_workers=_STEP_THREADS, thread_name_prefix="ledgerflow-step"
                 )
             return self._pool
 
@@ -686,6 +687,9 @@ _NOT_THE_ACTIONS = (StoreUnavailableError, LeaseLostError, ConfinementError)
 failure, and the event stays pending to be processed again."""
 
 _TRANSACTION_RETRIES = 8
+
+_STEP_THREADS = 1024
+"""The most threads a runner's steps use at once, over all its transitions."""
 
 
 def _worth_retrying(exc: BaseException) -> bool:

@@ -156,7 +156,8 @@ def _refused(conn: sa.Connection, attempt: Callable[[], int]) -> int:
 
 def _snoop(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     """Forget every tenant filter: read everything, change and delete everything, try to
-    write a row for another tenant, then claim to act for every tenant and read again.
+    write a row for another tenant, then claim to act for every tenant, and for other tenants
+    by name, and read again.
     Row-level security, and the confined role database actions run as, are the walls this
     must hit."""
     conn = context.connection
@@ -189,20 +190,26 @@ def _snoop(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
             ),
         )
     )
-    # last, the wall's own switch: claim to act for every tenant
-    conn.exec_driver_sql("SELECT set_config('ledgerflow.tenant', '*', true)")
-    escalated = sorted({r.tenant for r in conn.execute(sa.select(effects.c.tenant))})
-    # and back: left at "*", the step's own result could not be recorded for this tenant
-    conn.execute(
-        sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)"), {"tenant": context.tenant}
-    )
+    # last, the wall's own switch: claim to act for every tenant, then for others by name
+    escalated: set[str] = set()
+    for claim in ("*", "acme", "initech", "globex"):
+        if claim == context.tenant:
+            continue
+        conn.execute(_CLAIM, {"tenant": claim})
+        escalated |= {r.tenant for r in conn.execute(sa.select(effects.c.tenant))}
+        escalated |= {r[0] for r in conn.exec_driver_sql("SELECT tenant FROM lf_executions")}
+    # and back: left at another tenant, the step's own result could not be recorded
+    conn.execute(_CLAIM, {"tenant": context.tenant})
     return {
         "tenants_seen": seen,
         "updated": updated,
         "deleted": deleted,
         "forged": forged,
-        "tenants_seen_as_all": escalated,
+        "tenants_seen_as_all": sorted(escalated),
     }
+
+
+_CLAIM = sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)")
 
 
 class _KillAfterCommit:

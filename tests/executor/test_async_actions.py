@@ -11,6 +11,7 @@ from ledgerflow import definitions
 from ledgerflow.executor import GraphRunner, StepJob
 from ledgerflow.registry import ActionContext, ActionRegistry, Param
 from ledgerflow.store.sql import SQLStore
+from support.executions import ensure_execution
 
 
 def test_async_actions_run_on_one_loop_owned_by_the_runner(tmp_path: Path) -> None:
@@ -51,6 +52,7 @@ def test_async_actions_run_on_one_loop_owned_by_the_runner(tmp_path: Path) -> No
     }
     steps = definitions.compile_workflow(definitions.parse(workflow)).transitions[0].steps
     runner = GraphRunner(store, registry)
+    ensure_execution(store, "x", "t")
     result = runner.run(
         StepJob(
             execution_id="x",

@@ -19,6 +19,7 @@ from ledgerflow import definitions
 from ledgerflow.executor import GraphRunner, StepJob
 from ledgerflow.registry import ActionContext, ActionRegistry, Param
 from ledgerflow.store.sql import SQLStore
+from support.executions import ensure_execution
 
 STRATEGIES = ["stop", "continue", "compensate", "retry"]
 RUNS = itertools.count()
@@ -113,8 +114,10 @@ def test_steps_run_once_after_their_dependencies_and_are_recorded_as_they_ran(
     compiled = definition.transitions[0].steps
     by_id = {cs.step.id: cs.step for cs in compiled}
     probe, undone = Probe(), []  # type: ignore[var-annotated]
+    execution_id = f"x{next(RUNS)}"  # each example its own keys
+    ensure_execution(store, execution_id, "t")
     job = StepJob(
-        execution_id=f"x{next(RUNS)}",  # each example its own keys
+        execution_id=execution_id,
         tenant="t",
         event_id="e",
         steps=compiled,

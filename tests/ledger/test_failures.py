@@ -17,6 +17,7 @@ from ledgerflow.executor import GraphRunner, StepJob
 from ledgerflow.registry import ActionContext
 from ledgerflow.store import ALL_TENANTS
 from ledgerflow.worker import Worker
+from support.executions import ensure_execution
 
 TENANT = "acme"
 
@@ -29,6 +30,7 @@ def hit_count(engine: Engine) -> int:
 
 
 def job(engine: Engine, execution_id: str, fence: Any = None) -> StepJob:
+    ensure_execution(engine.store, execution_id, TENANT, "Counting")
     definition = engine.definition("Counting", 1)
     transition = next(t for t in definition.transitions if t.id == "hit")
     return StepJob(

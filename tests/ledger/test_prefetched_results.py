@@ -15,6 +15,7 @@ from ledgerflow.engine import Engine
 from ledgerflow.executor import GraphRunner, StepJob
 from ledgerflow.registry import ActionContext
 from ledgerflow.store import ALL_TENANTS
+from support.executions import ensure_execution
 
 TENANT = "acme"
 
@@ -27,6 +28,7 @@ def hits(engine: Engine) -> int:
 
 
 def hit_job(engine: Engine, execution_id: str, **changes: Any) -> StepJob:
+    ensure_execution(engine.store, execution_id, TENANT, "Counting")
     definition = engine.definition("Counting", 1)
     transition = next(t for t in definition.transitions if t.id == "hit")
     job = StepJob(

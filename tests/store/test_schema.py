@@ -3,8 +3,10 @@ database at an older revision upgrades in place."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -12,7 +14,7 @@ from alembic.migration import MigrationContext
 
 from ledgerflow.breakers import BreakerPolicy, CircuitBreakers
 from ledgerflow.errors import SchemaError
-from ledgerflow.store import ALL_TENANTS, schema
+from ledgerflow.store import ALL_TENANTS, schema, tenant_wall
 from ledgerflow.store.schema import metadata
 from ledgerflow.store.sql import SQLStore
 
@@ -78,3 +80,45 @@ def test_a_database_at_0003_upgrades_to_the_timers_and_back(tmp_path: Path) -> N
     with store.read(tenant=ALL_TENANTS) as conn:
         assert not sa.inspect(conn).has_table("lf_timers")
     store.close()
+
+
+PG_ADMIN = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def test_postgresql_goes_to_0005_and_back_with_its_walls(pg_url: str) -> None:
+    """On a database of its own (owned by the session's role): down to 0005 is refused while
+    an application table carries the 0006 wall, then works once it is dropped, and back up the
+    walls, keys and foreign keys are in place again."""
+    role = pg_url.split("://", 1)[1].split("@", 1)[0]
+    name = f"{role}_mig"
+    server = PG_ADMIN.rsplit("/", 1)[0]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
+    store = SQLStore(pg_url.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        store.upgrade()
+        with store.write() as conn:
+            conn.exec_driver_sql("CREATE TABLE notes (tenant text)")
+            assert tenant_wall(conn, "notes") is True
+        with pytest.raises(RuntimeError, match="notes"):
+            _migrate(store, "0005", down=True)
+        assert store.revision() == "0006"
+        with store.write() as conn:
+            conn.exec_driver_sql("DROP POLICY ledgerflow_tenant_wall ON notes")
+        _migrate(store, "0005", down=True)
+        assert store.revision() == "0005"
+        with store.read() as conn:
+            assert not sa.inspect(conn).has_table("lf_wall_secret")
+        assert store.upgrade() == "0006"
+        with store.write() as conn:
+            assert tenant_wall(conn, "notes") is True
+            keys = conn.exec_driver_sql("SELECT count(*) FROM lf_wall_secret").scalar_one()
+            fks = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
+                "AND confrelid = 'lf_executions'::regclass"
+            ).scalar_one()
+        assert (keys, fks) == (1, 4)
+    finally:
+        store.close()
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

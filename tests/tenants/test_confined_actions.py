@@ -4,9 +4,11 @@ database actions and the InvoiceApproval example work as before."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -21,6 +23,7 @@ from ledgerflow.worker import Worker
 from support.cli import Cli
 
 ACME, GLOBEX = "acme", "globex"
+PG_ADMIN = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
@@ -30,13 +33,22 @@ ESCAPE: dict[str, Any] = {
     "initial_state": "idle",
     "states": ["idle", "done"],
     "terminal_states": ["done"],
+    "events": {
+        "Escape": {"payload": {"type": "object", "properties": {"victim": {"type": "string"}}}}
+    },
     "transitions": [
         {
             "name": "escape",
             "from": "idle",
             "to": "done",
             "on": "Escape",
-            "steps": [{"id": "escape", "action": "test.escape"}],
+            "steps": [
+                {
+                    "id": "escape",
+                    "action": "test.escape",
+                    "params": {"victim": {"expr": "payload.victim"}},
+                }
+            ],
         }
     ],
 }
@@ -102,7 +114,31 @@ def _escape(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
         "confinement_lifted": _attempt(conn, "DELETE FROM lf_confined_roles"),
         "reset_role": _attempt(conn, "RESET ROLE"),
         "after_reset": _attempt(conn, "SELECT DISTINCT tenant FROM lf_executions"),
+        "wall_key": _attempt(conn, "SELECT secret FROM lf_wall_secret"),
     }
+    # name another tenant, keeping this transaction's own seal: still nothing
+    other = ACME if context.tenant == GLOBEX else GLOBEX
+    conn.execute(
+        sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)"), {"tenant": other}
+    )
+    found["named"] = _attempt(conn, "SELECT DISTINCT tenant FROM lf_executions")
+    found["named_invoices"] = _attempt(conn, "SELECT DISTINCT tenant FROM invoices")
+    # and rows of its own tenant that name another tenant's execution: refused
+    conn.execute(
+        sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)"),
+        {"tenant": context.tenant},
+    )
+    found["forged_event"] = _attempt(
+        conn,
+        "INSERT INTO lf_events (execution_id, seq, event_id, tenant, kind, name, body, "
+        f"created_at) VALUES ('{params['victim']}', 99, 'forged', '{context.tenant}', "
+        "'event_received', 'X', '{}', 0)",
+    )
+    found["forged_wakeup"] = _attempt(
+        conn,
+        "INSERT INTO lf_outbox (execution_id, tenant, event_id, created_at) "
+        f"VALUES ('{params['victim']}', '{context.tenant}', 'forged', 0)",
+    )
     # put the setting back: left at "*", it would keep the step's own result from being
     # recorded (the wall refuses a globex row to a transaction that acts for "*"), and the step
     # would fail instead of reporting
@@ -122,7 +158,9 @@ def confined(pg_url: str, pg_action_url: str, db_url: str) -> Iterator[Engine]:
         for table in reversed(invoice_app.metadata.sorted_tables):
             conn.execute(table.delete())
         confine_role(conn, _role(pg_action_url), tables=invoice_app.metadata.sorted_tables)
-    engine.registry.action("test.escape", isolation=Isolation.READ_COMMITTED)(_escape)
+    engine.registry.action(
+        "test.escape", isolation=Isolation.READ_COMMITTED, additional_params=True
+    )(_escape)
     for body in (ESCAPE, SIDE_EFFECTS):
         engine.register(definitions.compile_workflow(definitions.parse(body)))
     yield engine
@@ -157,10 +195,10 @@ def _approved_invoice(engine: Engine, tenant: str, invoice_id: str) -> str:
 
 
 def test_a_confined_action_cannot_lift_the_wall(confined: Engine, pg_action_url: str) -> None:
-    _approved_invoice(confined, ACME, "A-1")
+    victim = _approved_invoice(confined, ACME, "A-1")
     _approved_invoice(confined, GLOBEX, "G-1")
     x = confined.create_execution("Escape", tenant=GLOBEX)
-    confined.enqueue_event(x, "Escape", tenant=GLOBEX)
+    confined.enqueue_event(x, "Escape", tenant=GLOBEX, payload={"victim": victim})
     _run(confined)
     result = _result(confined, x, GLOBEX)
     assert result["role"] == _role(pg_action_url)
@@ -171,9 +209,15 @@ def test_a_confined_action_cannot_lift_the_wall(confined: Engine, pg_action_url:
     assert result["invoices"] == []
     assert result["tampered"] == 0
     # the rest of the ledger is out of reach altogether
-    for door in ("leases", "workers", "events_deleted", "confinement_lifted"):
+    for door in ("leases", "workers", "events_deleted", "confinement_lifted", "wall_key"):
         assert result[door] == "InsufficientPrivilege", door
     assert result["after_reset"] == []
+    # naming acme instead: the seal is globex's, so the wall shows nothing at all
+    assert result["named"] == []
+    assert result["named_invoices"] == []
+    # globex's rows may not point at acme's execution
+    assert result["forged_event"] == "ForeignKeyViolation"
+    assert result["forged_wakeup"] == "ForeignKeyViolation"
     for tenant in (ACME, GLOBEX):
         rows = invoice_app.rows(confined, tenant)
         assert [r["status"] for r in rows["invoices"]] == ["payment_scheduled"]
@@ -268,7 +312,7 @@ def test_a_wall_put_up_before_confinement_is_brought_up_to_date(confined: Engine
             qual = conn.exec_driver_sql(
                 "SELECT qual FROM pg_policies WHERE tablename = 'old_notes'"
             ).scalar_one()
-        assert "lf_confined_roles" in qual
+        assert "lf_wall_tenant" in qual
     finally:
         with confined.store.write() as conn:
             conn.exec_driver_sql("DROP TABLE old_notes")
@@ -284,3 +328,80 @@ def test_the_confine_command(confined: Engine, pg_url: str, pg_action_url: str) 
     refused = cli("db", "confine", "postgres", check=False)
     assert refused.returncode != 0
     assert "superuser" in refused.stderr
+
+
+def test_an_actions_session_leaves_nothing_to_the_next_transaction(confined: Engine) -> None:
+    store = confined.store
+    with store.action_write("READ COMMITTED", tenant=ACME) as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        # a temporary table shadowing the ledger's, and a setting, left for whoever comes next
+        conn.exec_driver_sql("CREATE TEMP TABLE lf_action_results (LIKE lf_action_results)")
+        conn.exec_driver_sql("SET statement_timeout = 1234")
+        conn.exec_driver_sql("LISTEN snooping")
+    with store.action_write("READ COMMITTED", tenant=GLOBEX) as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() == pid  # reused
+        shadow = conn.exec_driver_sql("SELECT to_regclass('pg_temp.lf_action_results')")
+        assert shadow.scalar() is None
+        timeout = conn.exec_driver_sql("SELECT current_setting('statement_timeout')")
+        assert timeout.scalar_one() == "0"
+        listening = conn.exec_driver_sql("SELECT count(*) FROM pg_listening_channels()")
+        assert listening.scalar_one() == 0
+
+
+def test_roles_that_could_get_past_the_wall_are_not_confined(confined: Engine, pg_url: str) -> None:
+    name = f"{_role(pg_url)}_creator"
+    database = pg_url.rsplit("/", 1)[1]
+    server = PG_ADMIN.rsplit("/", 1)[0]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{name}" LOGIN CREATEROLE')
+    try:
+        with confined.store.write() as conn, pytest.raises(ConfinementError, match="create roles"):
+            confine_role(conn, name)
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'ALTER ROLE "{name}" NOCREATEROLE')
+        with psycopg.connect(f"{server}/{database}", autocommit=True) as admin:
+            admin.execute("CREATE TABLE owned_by_it (tenant text)")
+            admin.execute(f'ALTER TABLE owned_by_it OWNER TO "{name}"')
+        with confined.store.write() as conn, pytest.raises(ConfinementError, match="owns tables"):
+            confine_role(conn, name)
+    finally:
+        with psycopg.connect(f"{server}/{database}", autocommit=True) as admin:
+            admin.execute("DROP TABLE IF EXISTS owned_by_it")
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
+def test_a_table_without_its_wall_is_not_granted(confined: Engine, pg_action_url: str) -> None:
+    with confined.store.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE open_notes (tenant text, body text)")
+    try:
+        with confined.store.write() as conn, pytest.raises(ConfinementError, match="tenant_wall"):
+            confine_role(conn, _role(pg_action_url), tables=["open_notes"])
+        with confined.store.write() as conn:
+            tenant_wall(conn, "open_notes")
+            confine_role(conn, _role(pg_action_url), tables=["open_notes"])
+    finally:
+        with confined.store.write() as conn:
+            conn.exec_driver_sql("DROP TABLE open_notes")
+
+
+def test_where_the_role_for_actions_applies(
+    pg_url: str, pg_action_url: str, db_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLStore(pg_url)
+    try:
+        with pytest.raises(InvalidInputError, match="action_url"):
+            Engine(store, action_db=pg_action_url)
+    finally:
+        store.close()
+    # the environment's role is for PostgreSQL stores: an SQLite engine ignores it
+    monkeypatch.setenv("LEDGERFLOW_ACTION_DB", pg_action_url)
+    sqlite = Engine(f"sqlite:///{tmp_path}/ledger.db")
+    assert sqlite.store.action_engine is None
+    sqlite.close()
+    postgres = Engine(pg_url)
+    assert postgres.store.action_engine is not None
+    postgres.close()
+    # the default port is the port
+    explicit = pg_action_url.replace("127.0.0.1/", "127.0.0.1:5432/")
+    SQLStore(pg_url.replace(":5432/", "/"), action_url=explicit).close()

@@ -24,6 +24,7 @@ __all__ = [
     "outbox",
     "snapshots",
     "timers",
+    "wall_secret",
     "workers",
 ]
 
@@ -32,6 +33,7 @@ metadata = sa.MetaData(
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
         "uq": "uq_%(table_name)s_%(column_0_N_name)s",
         "pk": "pk_%(table_name)s",
+        "fk": "fk_%(table_name)s_%(referred_table_name)s",
     }
 )
 
@@ -68,7 +70,12 @@ executions = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Index(None, "tenant", "workflow", "status"),
+    # what the rows of an execution refer to: its id with its tenant, so that no row can pair
+    # one tenant with another tenant's execution
+    sa.UniqueConstraint("id", "tenant"),
 )
+
+_OF_THE_EXECUTION = ("execution_id", "tenant"), ("lf_executions.id", "lf_executions.tenant")
 
 events = sa.Table(
     "lf_events",
@@ -90,6 +97,7 @@ events = sa.Table(
     sa.Column("processed_at", sa.Double),
     sa.UniqueConstraint("execution_id", "client_key"),
     sa.Index(None, "status", "execution_id"),
+    sa.ForeignKeyConstraint(*_OF_THE_EXECUTION),
 )
 
 outbox = sa.Table(
@@ -118,6 +126,7 @@ outbox = sa.Table(
         sqlite_where=sa.text("published_at IS NULL"),
     ),
     sa.Index(None, "event_id"),
+    sa.ForeignKeyConstraint(*_OF_THE_EXECUTION),
 )
 
 action_results = sa.Table(
@@ -133,6 +142,7 @@ action_results = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Index(None, "tenant", "execution_id"),
+    sa.ForeignKeyConstraint(*_OF_THE_EXECUTION),
 )
 
 leases = sa.Table(
@@ -244,13 +254,23 @@ timers = sa.Table(
         sqlite_where=sa.text("state = 'armed'"),
     ),
     sa.Index(None, "execution_id", "state"),
+    sa.ForeignKeyConstraint(*_OF_THE_EXECUTION),
 )
 
 confined_roles = sa.Table(
     "lf_confined_roles",
     metadata,
-    # a PostgreSQL login role that runs database actions: the tenant wall never lifts for a
-    # session of it, whatever the transaction sets (see ledgerflow.store.confine_role)
+    # a PostgreSQL login role that runs database actions: for its sessions the tenant wall
+    # honours only a tenant the engine sealed, never "*" (see ledgerflow.store.confine_role)
     sa.Column("role", NAME, primary_key=True),
     sa.Column("confined_at", sa.Double, nullable=False),
+)
+
+wall_secret = sa.Table(
+    "lf_wall_secret",
+    metadata,
+    # the key of the seals the engine puts on a confined session's tenant: readable by the
+    # ledger's owner alone (PostgreSQL; unused on SQLite)
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("secret", sa.String(200), nullable=False),
 )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -46,6 +48,7 @@ from ledgerflow.store.schema import (
     outbox,
     snapshots,
     timers,
+    wall_secret,
     workers,
 )
 
@@ -71,6 +74,10 @@ _TENANT_SCOPE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "ledgerflow_tenant_scope", default=None
 )
 _SET_TENANT = sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)")
+_SET_SEALED_TENANT = sa.text(
+    "SELECT set_config('ledgerflow.tenant', :tenant, true), "
+    "set_config('ledgerflow.tenant_seal', :seal, true)"
+)
 
 
 # The statements of the hot paths, built once: building a statement costs several times more
@@ -78,9 +85,13 @@ _SET_TENANT = sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)")
 _EXECUTION_ROW = sa.select(executions).where(
     executions.c.id == sa.bindparam("id"), executions.c.tenant == sa.bindparam("tenant")
 )
-_LOCKED_EXECUTION_ROW = _EXECUTION_ROW.with_for_update()
+# FOR NO KEY UPDATE: appenders take turns on it, while the foreign keys of the execution's
+# rows (which take FOR KEY SHARE) never wait for it
+_LOCKED_EXECUTION_ROW = _EXECUTION_ROW.with_for_update(key_share=True)
 _LOCK_EXECUTION = (
-    sa.select(executions.c.id).where(executions.c.id == sa.bindparam("id")).with_for_update()
+    sa.select(executions.c.id)
+    .where(executions.c.id == sa.bindparam("id"))
+    .with_for_update(key_share=True)
 )
 _LAST_SEQ = sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)).where(
     events.c.execution_id == sa.bindparam("execution_id")
@@ -211,7 +222,7 @@ def tenant_wall(conn: Connection, table: sa.Table | str, *, column: str = "tenan
         schema, name = table.schema or "", table.name
     present = conn.execute(
         sa.text(
-            "SELECT coalesce(qual, '') LIKE '%lf_confined_roles%' AS confined "
+            "SELECT coalesce(qual, '') LIKE '%lf_wall_tenant%' AS current "
             "FROM pg_policies WHERE tablename = :table "
             "AND policyname = 'ledgerflow_tenant_wall' "
             "AND schemaname = coalesce(nullif(:schema, ''), current_schema())"
@@ -220,11 +231,11 @@ def tenant_wall(conn: Connection, table: sa.Table | str, *, column: str = "tenan
     ).first()
     quote = conn.dialect.identifier_preparer.quote
     target = f"{quote(schema)}.{quote(name)}" if schema else quote(name)
-    rule = _wall_rule(quote(column))
+    rule = _wall_rule(quote(column), _wall_schema(conn))
     if present is not None:
-        if present.confined:
+        if present.current:
             return False
-        # a wall put up before confined roles existed: "*" must not lift it for them either
+        # a wall put up before schema revision 0006: a confined role could lift it
         conn.exec_driver_sql(
             f"ALTER POLICY ledgerflow_tenant_wall ON {target} USING ({rule}) WITH CHECK ({rule})"
         )
@@ -237,22 +248,37 @@ def tenant_wall(conn: Connection, table: sa.Table | str, *, column: str = "tenan
     return True
 
 
-def _wall_rule(column: str) -> str:
-    """The tenant wall's policy on ``column`` (quoted): the rows of the tenant the transaction
-    acts for; every row for ``*``, unless the session's login role is confined (a database
-    action's SQL can change the setting, never its session's role)."""
-    return (
-        f"{column} = current_setting('ledgerflow.tenant', true) "
-        "OR (current_setting('ledgerflow.tenant', true) = '*' "
-        "AND NOT EXISTS (SELECT 1 FROM lf_confined_roles c WHERE c.role = session_user::text))"
-    )
+def _wall_schema(conn: Connection) -> str:
+    """The schema of the ledger's wall function (``lf_wall_tenant``) as this connection's
+    search path finds it."""
+    found = conn.execute(
+        sa.text(
+            "SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE p.oid = to_regprocedure('lf_wall_tenant()')"
+        )
+    ).scalar()
+    if found is None:
+        raise SchemaError(
+            "no ledgerflow schema at revision 0006 or later in this database's search path: "
+            "run `ledgerflow db upgrade` first"
+        )
+    return str(found)
+
+
+def _wall_rule(column: str, schema: str) -> str:
+    """The tenant wall's policy on ``column`` (quoted): the rows of the tenant that
+    ``lf_wall_tenant()`` vouches for, every row for ``*`` (which it never vouches for in a
+    session of a confined role); the function is called once per query (an InitPlan)."""
+    wall = f'(SELECT "{schema}".lf_wall_tenant())'
+    return f"{column} = {wall} OR {wall} = '*'"
 
 
 # what a confined role may do to the ledger's tables, all of them behind the wall: what the
 # step transactions of database actions do (record a result, append an event, schedule a
 # timer, lock the execution), never delete
 _CONFINED_GRANTS = {
-    "lf_executions": "SELECT, UPDATE",
+    # UPDATE of one column, for the row lock appending an event takes; never the projection
+    "lf_executions": "SELECT, UPDATE (updated_at)",
     "lf_events": "SELECT, INSERT",
     "lf_outbox": "SELECT, INSERT",
     "lf_action_results": "SELECT, INSERT",
@@ -278,39 +304,54 @@ def _grant_sequences(conn: Connection, table: str, who: str) -> None:
 
 def confine_role(conn: Connection, role: str, *, tables: Sequence[sa.Table | str] = ()) -> None:
     """Make the PostgreSQL login ``role`` fit to run database actions (the store's
-    ``action_url`` logs in as it) inside their tenant: the tenant wall never lifts for its
-    sessions, whatever SQL in an action's transaction sets, and it gets only what a step's
-    transaction needs of the ledger (to read and add its own tenant's rows; never to delete
-    them, nor to read leases, workers or brokers). ``tables`` are application tables the
-    actions use: the role may read, insert, update and delete their rows, which
-    :func:`tenant_wall` limits to its tenant.
+    ``action_url`` logs in as it) inside their tenant. For its sessions the tenant wall
+    honours only the tenant the engine sealed for the transaction: SQL in an action can change
+    ``ledgerflow.tenant`` (to another tenant's name, or ``*``) but not forge the seal, and then
+    sees no row at all. It gets only what a step's transaction needs of the ledger (to read and
+    add its own tenant's rows, and lock its execution; never to delete, nor to read leases,
+    workers or brokers). ``tables`` are application tables the actions use: the role may read,
+    insert, update and delete their rows, which their tenant wall (:func:`tenant_wall`, required
+    and checked) limits to its tenant.
 
-    Run it, once per role, as the owner of the ledger's tables; the role must exist (``CREATE
-    ROLE name LOGIN``), be neither a superuser nor exempt from row-level security, and be a
-    member of no other role. Calling it again is harmless (and grants newly listed tables).
+    Run it as the owner of the ledger's tables; the role must exist (``CREATE ROLE name
+    LOGIN``), and be neither a superuser, nor exempt from row-level security, nor able to
+    create roles, nor a member of another role, nor the owner of a table. Calling it again is
+    harmless (and grants newly listed tables).
     """
     if conn.dialect.name != "postgresql":
         raise InvalidInputError("confined roles need PostgreSQL (SQLite has no roles)")
-    found = conn.execute(
-        sa.text(
-            "SELECT rolsuper OR rolbypassrls AS exempt, "
-            "EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) AS member "
-            "FROM pg_roles r WHERE rolname = :role"
-        ),
-        {"role": role},
-    ).first()
-    if found is None:
-        raise InvalidInputError(f"no PostgreSQL role {role!r}: create it first (CREATE ROLE)")
-    if found.exempt:
-        raise ConfinementError(
-            f"role {role!r} is a superuser or bypasses row-level security: it cannot be confined"
-        )
-    if found.member:
-        raise ConfinementError(
-            f"role {role!r} is a member of another role, whose rights it could take on with "
-            "SET ROLE: use a role that belongs to none"
-        )
+    problem = _unfit(conn, role)
+    if problem is not None:
+        if problem == "missing":
+            raise InvalidInputError(f"no PostgreSQL role {role!r}: create it first (CREATE ROLE)")
+        raise ConfinementError(f"role {role!r} cannot be confined: {problem}")
     quote = conn.dialect.identifier_preparer.quote
+    targets = []
+    for table in tables:
+        if isinstance(table, str):
+            owner, _, name = table.rpartition(".")
+        else:
+            owner, name = table.schema or "", table.name
+        walled = conn.execute(
+            sa.text(
+                "SELECT c.relrowsecurity AND c.relforcerowsecurity AND EXISTS ("
+                "SELECT 1 FROM pg_policies p WHERE p.schemaname = n.nspname "
+                "AND p.tablename = c.relname AND p.policyname = 'ledgerflow_tenant_wall' "
+                "AND coalesce(p.qual, '') LIKE '%lf_wall_tenant%') "
+                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relname = :name AND n.nspname = coalesce(nullif(:schema, ''), "
+                "current_schema())"
+            ),
+            {"name": name, "schema": owner},
+        ).scalar()
+        if walled is None:
+            raise InvalidInputError(f"no table {table if isinstance(table, str) else name!r}")
+        if not walled:
+            raise ConfinementError(
+                f"table {name!r} has no up-to-date tenant wall: put one on it with "
+                "ledgerflow.store.tenant_wall first (a table without one is open to every tenant)"
+            )
+        targets.append((owner, f"{quote(owner)}.{quote(name)}" if owner else quote(name)))
     who = quote(role)
     schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one()
     conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {quote(schema)} TO {who}")
@@ -318,12 +359,7 @@ def confine_role(conn: Connection, role: str, *, tables: Sequence[sa.Table | str
         conn.exec_driver_sql(f"GRANT {rights} ON {ledger_table} TO {who}")
         _grant_sequences(conn, ledger_table, who)
     conn.exec_driver_sql(f"GRANT EXECUTE ON FUNCTION lf_check_lease(text, text, bigint) TO {who}")
-    for table in tables:
-        if isinstance(table, str):
-            owner, _, name = table.rpartition(".")
-        else:
-            owner, name = table.schema or "", table.name
-        target = f"{quote(owner)}.{quote(name)}" if owner else quote(name)
+    for owner, target in targets:
         if owner:
             conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {quote(owner)} TO {who}")
         conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {target} TO {who}")
@@ -333,6 +369,31 @@ def confine_role(conn: Connection, role: str, *, tables: Sequence[sa.Table | str
         .values(role=role, confined_at=time.time())
         .on_conflict_do_nothing(index_elements=["role"])
     )
+
+
+def _unfit(conn: Connection, role: str) -> str | None:
+    """Why ``role`` could get past the wall (``"missing"`` if there is no such role), or
+    ``None``."""
+    row = conn.execute(
+        sa.text(
+            "SELECT r.rolsuper, r.rolbypassrls, r.rolcreaterole, "
+            "EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) AS member, "
+            "EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid) AS owner "
+            "FROM pg_roles r WHERE r.rolname = :role"
+        ),
+        {"role": role},
+    ).first()
+    if row is None:
+        return "missing"
+    if row.rolsuper or row.rolbypassrls:
+        return "it is a superuser or bypasses row-level security"
+    if row.rolcreaterole:
+        return "it may create roles (and so grant itself others' rights)"
+    if row.member:
+        return "it is a member of another role, whose rights SET ROLE would give it"
+    if row.owner:
+        return "it owns tables (an owner can lift row-level security from them)"
+    return None
 
 
 def current_tenant_scope() -> str | None:
@@ -441,7 +502,7 @@ class SQLStore:
         self.snapshot_every = snapshot_every
         self.action_engine: Engine | None = None
         """The pool of the confined role's connections, if ``action_url`` was given."""
-        self._confinement_checked = False
+        self._wall_key: str | None = None
         try:
             if self.url.startswith("sqlite"):
                 self.engine = _sqlite_engine(self.url)
@@ -467,12 +528,34 @@ class SQLStore:
         except sa.exc.ArgumentError as exc:
             raise InvalidInputError(f"not a database URL: {action_url!r}") from exc
         mine = self.engine.url
-        if (target.host, target.port, target.database) != (mine.host, mine.port, mine.database):
+        if (target.host, target.port or 5432, target.database) != (
+            mine.host,
+            mine.port or 5432,
+            mine.database,
+        ):
             raise InvalidInputError(
                 "the role for database actions must reach the ledger's own database "
                 f"({mine.render_as_string()}), not {target.render_as_string()}"
             )
-        return sa.create_engine(target, pool_size=10)
+        # psycopg prepares no statement on these connections: a prepared statement is session
+        # state an action could replace, and DISCARD ALL drops them
+        pool = sa.create_engine(target, pool_size=10, connect_args={"prepare_threshold": None})
+
+        @sa_event.listens_for(pool, "reset")
+        def _reset(dbapi_connection: Any, _record: Any, reset: Any) -> None:
+            # an action's session leaves nothing to the next transaction, another tenant's
+            # perhaps: no temporary table, setting, listener, advisory lock or prepared
+            # statement outlives it
+            dbapi_connection.rollback()
+            if reset.terminate_only:
+                return
+            dbapi_connection.autocommit = True
+            try:
+                dbapi_connection.execute("DISCARD ALL")
+            finally:
+                dbapi_connection.autocommit = False
+
+        return pool
 
     def __repr__(self) -> str:
         return f"SQLStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -516,31 +599,40 @@ class SQLStore:
                 yield conn
             return
         options = {"isolation_level": isolation}
-        with self._transaction(self.action_engine, tenant, options) as conn:
-            if not self._confinement_checked:
-                self._check_confined(conn)
+        with self._transaction(self.action_engine, tenant, options, sealed=True) as conn:
             yield conn
 
     def _check_confined(self, conn: Connection) -> None:
-        """Refuse to run actions as a role the wall would not hold."""
-        row = conn.execute(
-            sa.text(
-                "SELECT r.rolname AS role, r.rolsuper OR r.rolbypassrls AS exempt, "
-                "EXISTS (SELECT 1 FROM lf_confined_roles c WHERE c.role = session_user::text) "
-                "AS confined FROM pg_roles r WHERE r.rolname = session_user"
-            )
-        ).one()
-        role = row.role
-        if row.exempt or not row.confined:
+        """Refuse to run actions as a role the wall would not hold (checked on each new
+        connection of the confined pool, before its first transaction)."""
+        role = conn.execute(sa.text("SELECT session_user")).scalar_one()
+        listed = conn.execute(
+            sa.text("SELECT 1 FROM lf_confined_roles WHERE role = :role"), {"role": role}
+        ).first()
+        problem = _unfit(conn, role)
+        if listed is None or problem is not None:
             raise ConfinementError(
                 f"database actions are to run as role {role!r}, which is not confined: "
-                + (
-                    "it is a superuser or bypasses row-level security"
-                    if row.exempt
-                    else f"run `ledgerflow db confine {role}` as the ledger's owner"
-                )
+                + (problem or f"run `ledgerflow db confine {role}` as the ledger's owner")
             )
-        self._confinement_checked = True
+
+    def _seal(self, conn: Connection, tenant: str) -> str:
+        """The seal of ``tenant`` for ``conn``'s backend: what makes a confined session's
+        wall honour the tenant (see schema revision 0006)."""
+        if self._wall_key is None:
+            with self.write() as own:
+                # made here if it is missing (emptied with the other tables): the ledger's
+                # owner, whom this store connects as, alone may read or write it
+                own.execute(
+                    postgresql.insert(wall_secret)
+                    .values(id=1, secret=secrets.token_hex(32))
+                    .on_conflict_do_nothing(index_elements=["id"])
+                )
+                key = own.execute(sa.select(wall_secret.c.secret)).scalar_one()
+            self._wall_key = str(key)
+        pid = conn.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+        text = f"{self._wall_key}:{tenant}:{pid}:{self._wall_key}"
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @contextlib.contextmanager
     def read(self, *, tenant: str | None = None) -> Iterator[Connection]:
@@ -551,21 +643,26 @@ class SQLStore:
 
     @contextlib.contextmanager
     def _transaction(
-        self, pool: Engine, tenant: str | None, options: Mapping[str, Any]
+        self, pool: Engine, tenant: str | None, options: Mapping[str, Any], *, sealed: bool = False
     ) -> Iterator[Connection]:
         """A transaction on a connection of ``pool`` whose first statement (on PostgreSQL, the
         tenant setting) went through. A pooled connection that the server dropped since its
         last use (after a restart) fails that statement, with nothing of the caller's sent
         yet: it is replaced once, transparently, so no round trip is spent testing every
         connection taken from the pool. A connection lost later raises
-        :class:`StoreUnavailableError` (see :meth:`_connect`)."""
+        :class:`StoreUnavailableError` (see :meth:`_connect`). ``sealed``: a confined
+        role's transaction, whose tenant carries its seal (and whose connection is checked to
+        be confined when it is new)."""
         for attempt in range(2):
             conn = _checkout(pool)
             try:
                 if options:
                     conn = conn.execution_options(**options)
                 transaction = conn.begin()
-                self._set_tenant(conn, tenant)
+                self._set_tenant(conn, tenant, sealed=sealed)
+                if sealed and not conn.info.get("ledgerflow_confined"):
+                    self._check_confined(conn)
+                    conn.info["ledgerflow_confined"] = True
             except sa.exc.DBAPIError as exc:
                 conn.close()
                 if not exc.connection_invalidated:
@@ -585,13 +682,17 @@ class SQLStore:
                 raise
             raise _lost(pool, exc) from exc
 
-    def _set_tenant(self, conn: Connection, tenant: str | None) -> None:
+    def _set_tenant(self, conn: Connection, tenant: str | None, *, sealed: bool = False) -> None:
         """Tell PostgreSQL's row-level security policies whose rows this transaction may
-        touch: ``tenant``, else the enclosing scope's, else none."""
+        touch: ``tenant``, else the enclosing scope's, else none; ``sealed``, with the seal a
+        confined session needs."""
         if self.dialect != "postgresql":
             return
-        scope = tenant if tenant is not None else _TENANT_SCOPE.get()
-        conn.execute(_SET_TENANT, {"tenant": scope or ""})
+        scope = (tenant if tenant is not None else _TENANT_SCOPE.get()) or ""
+        if sealed:
+            conn.execute(_SET_SEALED_TENANT, {"tenant": scope, "seal": self._seal(conn, scope)})
+        else:
+            conn.execute(_SET_TENANT, {"tenant": scope})
 
     @contextlib.contextmanager
     def _connect(self, pool: Engine | None = None) -> Iterator[Connection]:
