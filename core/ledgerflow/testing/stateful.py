@@ -386,7 +386,7 @@ def workflow_machine(
                 _, look = subject._process([x], look=x)
                 if fault is not None:
                     what += f"; {fault}"
-            self._follow()
+            self._follow(last=True)
             if look is None:
                 look = subject._look(x)
             found = look.projection
@@ -421,11 +421,12 @@ def workflow_machine(
             """Seconds since the example started, by the subject's clock."""
             return self.subject.clock.now - self.started_at
 
-        def _follow(self, until: float | None = None) -> None:
+        def _follow(self, until: float | None = None, *, last: bool = False) -> None:
             """Bring the reference's clock to the subject's (or to ``until`` seconds into the
             example) and process there: it fires the same timers at the same time, so the two
-            ledgers agree whatever time a recovery took. The reference's execution is read as
-            the processing ends, for the invariant."""
+            ledgers agree whatever time a recovery took. After the ``last`` processing of a
+            rule, the reference's execution is read as the processing ends, for the
+            invariant."""
             reference = self.reference
             if reference is None:
                 return
@@ -433,7 +434,7 @@ def workflow_machine(
             if target > reference.clock.now:
                 reference.advance(target - reference.clock.now)
             _, self.reference_latest = reference._process(
-                [self.reference_id], look=self.reference_id
+                [self.reference_id], look=self.reference_id if last else None
             )
 
         def _ensure_reference(self) -> None:
