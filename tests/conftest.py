@@ -21,7 +21,7 @@ from hypothesis import settings
 import invoice_app
 import ledgerflow
 from ledgerflow.engine import Engine
-from ledgerflow.store import ALL_TENANTS
+from ledgerflow.store import ALL_TENANTS, confinement_prerequisites
 from ledgerflow.store.schema import metadata
 from ledgerflow.store.sql import SQLStore
 
@@ -70,6 +70,10 @@ def pg_url() -> Iterator[str]:
         admin.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
     server = PG_ADMIN.rsplit("/", 1)[0].split("://", 1)[1].split("@")[-1]
     url = f"postgresql://{name}@{server}/{name}"
+    # what a superuser does once in a ledger's database before confining a role
+    with psycopg.connect(f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}", autocommit=True) as admin:
+        for statement in confinement_prerequisites():
+            admin.execute(statement)
     store = SQLStore(url)
     store.upgrade()
     store.close()

@@ -424,6 +424,17 @@ def confine_command(settings: _Settings, role: str, tables: Sequence[str], as_js
         )
 
 
+@db.command("confine-prerequisites")
+def confine_prerequisites_command() -> None:
+    """Print the statements a superuser runs once, in the ledger's database, before `db
+    confine` accepts a role: they take from every role what would let one tenant's action
+    reach another's sessions or share data outside the wall."""
+    from ledgerflow.store import confinement_prerequisites
+
+    for statement in confinement_prerequisites():
+        click.echo(f"{statement};")
+
+
 @cli.command("start")
 @click.argument("workflow_name", metavar="NAME")
 @tenant_option

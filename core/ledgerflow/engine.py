@@ -404,6 +404,10 @@ class Engine:
                 f"{definition.name} v{definition.version}: the definition holds a NUL character "
                 "(\\u0000), which no store can keep"
             )
+        _require_unicode(
+            json.dumps(body, ensure_ascii=False),
+            f"{definition.name} v{definition.version}: definition",
+        )
         digest = _digest(body)
         try:
             with self.store.write() as conn:
@@ -1485,17 +1489,30 @@ def _require_name(value: str, what: str, limit: int = _MAX_NAME) -> None:
         raise InvalidInputError(f"the {what} is longer than {limit} characters")
     if "\x00" in value:
         raise InvalidInputError(f"the {what} holds a NUL character")
+    _require_unicode(value, what)
+
+
+def _require_unicode(text: str, what: str) -> None:
+    """Refuse text that is not Unicode a database (or a broker) can store: a lone surrogate,
+    which no UTF-8 encoding holds."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"the {what} holds a character that is not Unicode text ({exc.object[exc.start]!r})"
+        ) from None
 
 
 def _require_json(value: Any, what: str) -> None:
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"the {what} must be JSON: {exc}") from exc
     except RecursionError as exc:
         raise InvalidInputError(f"the {what} is nested too deeply to be stored") from exc
     if "\\u0000" in text and holds_nul(value):
         raise InvalidInputError(f"the {what} holds a NUL character, which cannot be stored")
+    _require_unicode(text, what)
 
 
 def _retryable(exc: sa.exc.DBAPIError) -> bool:

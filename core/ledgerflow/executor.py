@@ -702,13 +702,16 @@ def _worth_retrying(exc: BaseException) -> bool:
 
 def _transient(exc: sa.exc.DBAPIError) -> bool:
     """A serialization failure, a deadlock, a busy or locked SQLite database, a lost
-    connection: the same transaction may well succeed if tried again."""
+    connection, a statement cancelled from another session: the same transaction may well
+    succeed if tried again."""
     if exc.connection_invalidated:
         return True
     sqlstate = getattr(exc.orig, "sqlstate", None)
     if sqlstate in ("40001", "40P01"):
         return True
     text = str(exc.orig).lower()
+    if sqlstate == "57014" and "user request" in text:
+        return True  # cancelled from another session (not a statement timeout): try again
     return isinstance(exc, sa.exc.OperationalError) and ("locked" in text or "busy" in text)
 
 

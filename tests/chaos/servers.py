@@ -25,6 +25,8 @@ from typing import Self
 
 import psycopg
 
+from ledgerflow.store import confinement_prerequisites
+
 __all__ = ["PrivatePostgres", "PrivatePostgresError"]
 
 
@@ -158,6 +160,10 @@ class PrivatePostgres:
             admin.execute(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOBYPASSRLS')
             admin.execute(f'CREATE ROLE "{name}_actions" LOGIN NOSUPERUSER NOBYPASSRLS')
             admin.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+        base = self.admin_url.rsplit("/", 1)[0]
+        with psycopg.connect(f"{base}/{name}", autocommit=True, connect_timeout=10) as admin:
+            for statement in confinement_prerequisites():
+                admin.execute(statement)
         server = f"127.0.0.1:{self.port}/{name}"
         return f"postgresql://{name}@{server}", f"postgresql://{name}_actions@{server}"
 

@@ -33,6 +33,7 @@ class Gauge:
         self.most = 0
         self.finished: list[str] = []
         self.threads: set[str] = set()
+        self.thread_objects: list[threading.Thread] = []
         self.release = threading.Event()
         self.held_too_long = False
 
@@ -41,6 +42,7 @@ class Gauge:
             self.running += 1
             self.most = max(self.most, self.running)
             self.threads.add(threading.current_thread().name)
+            self.thread_objects.append(threading.current_thread())
         if params.get("hold"):
             # held until the test lets go (a deadlock guard, not a measure of speed)
             self.held_too_long |= not self.release.wait(timeout=30)
@@ -166,5 +168,4 @@ def test_close_ends_the_step_threads(store: SQLStore) -> None:
     runner.run(_job(runner, _wide(3), "x3"))
     assert gauge.threads
     runner.close()
-    alive = {t.name for t in threading.enumerate()}
-    assert not (gauge.threads & alive)
+    assert not any(thread.is_alive() for thread in gauge.thread_objects)

@@ -1,5 +1,6 @@
-"""A definition holding a NUL character anywhere (a parameter's name, say) is refused with a
-typed error when registered, and nothing is written: no store keeps NUL in JSON."""
+"""A definition holding a NUL character (or a lone surrogate) anywhere (a parameter's name, say)
+is refused with a typed error when registered, and nothing is written: no store keeps NUL in
+JSON, nor text that is not Unicode."""
 
 from __future__ import annotations
 
@@ -53,5 +54,18 @@ def test_a_name_longer_than_the_store_keeps_is_refused_and_nothing_is_written(
     compiled = definitions.compile_workflow(definitions.parse(body))
     before = engine.store.row_counts()
     with pytest.raises(InvalidInputError, match="longer than 200 characters"):
+        engine.register(compiled)
+    assert engine.store.row_counts() == before
+
+
+def test_a_definition_holding_a_lone_surrogate_is_refused_and_nothing_is_written(
+    engine: Engine,
+) -> None:
+    # no UTF-8 holds it: PostgreSQL would refuse the JSON with a raw driver error
+    step = {**WORKFLOW["transitions"][0]["steps"][0], "params": {"note": "\ud800"}}
+    body = {**WORKFLOW, "transitions": [{**WORKFLOW["transitions"][0], "steps": [step]}]}
+    compiled = definitions.compile_workflow(definitions.parse(body))
+    before = engine.store.row_counts()
+    with pytest.raises(InvalidInputError, match="not Unicode text"):
         engine.register(compiled)
     assert engine.store.row_counts() == before

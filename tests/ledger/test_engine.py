@@ -328,6 +328,34 @@ BAD_INPUTS: list[tuple[str, Any, type[Exception], str]] = [
         "must be JSON",
     ),
     (
+        "execution id not Unicode",
+        lambda e, x: e.create_execution("InvoiceApproval", tenant=TENANT, execution_id="x\ud800"),
+        InvalidInputError,
+        "not Unicode text",
+    ),
+    (
+        "tenant not Unicode",
+        lambda e, x: e.create_execution("InvoiceApproval", tenant="\udfff"),
+        InvalidInputError,
+        "not Unicode text",
+    ),
+    (
+        "payload not Unicode",
+        lambda e, x: e.enqueue_event(
+            x, "CreateInvoice", tenant=TENANT, payload={"invoice": {"id": "\ud800"}}
+        ),
+        InvalidInputError,
+        "not Unicode text",
+    ),
+    (
+        "key not Unicode",
+        lambda e, x: e.enqueue_event(
+            x, "CreateInvoice", tenant=TENANT, payload=INVOICE_PAYLOAD, key="k\ud800"
+        ),
+        InvalidInputError,
+        "not Unicode text",
+    ),
+    (
         "role not a string",
         lambda e, x: e.enqueue_event(
             x, "CreateInvoice", tenant=TENANT, role=5, payload=INVOICE_PAYLOAD

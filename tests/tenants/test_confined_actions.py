@@ -15,10 +15,17 @@ import sqlalchemy as sa
 import invoice_app
 from ledgerflow import definitions
 from ledgerflow.engine import Engine, Lease
-from ledgerflow.errors import ConfinementError, InvalidInputError
+from ledgerflow.errors import ConfinementError, InvalidInputError, LeaseLostError
+from ledgerflow.executor import _transient
 from ledgerflow.model import StepSucceeded
 from ledgerflow.registry import ActionContext, Isolation
-from ledgerflow.store import ALL_TENANTS, SQLStore, confine_role, tenant_wall
+from ledgerflow.store import (
+    ALL_TENANTS,
+    SQLStore,
+    confine_role,
+    confinement_prerequisites,
+    tenant_wall,
+)
 from ledgerflow.worker import Worker
 from support.cli import Cli
 
@@ -282,16 +289,23 @@ def test_the_role_for_actions_must_reach_the_ledgers_database(
 
 def test_a_confined_step_is_fenced_like_any_other(confined: Engine) -> None:
     store = confined.store
+    x = confined.create_execution("Escape", tenant=ACME)
     with store.write(tenant=ALL_TENANTS) as conn:
-        conn.exec_driver_sql(
-            "INSERT INTO lf_leases (execution_id, owner, token, expires_at, tenant) "
-            "VALUES ('x-1', 'w-1', 3, 1e12, 'acme')"
+        conn.execute(
+            sa.text(
+                "INSERT INTO lf_leases (execution_id, owner, token, expires_at, tenant) "
+                "VALUES (:x, 'w-1', 3, 1e12, 'acme')"
+            ),
+            {"x": x},
         )
     with store.action_write("READ COMMITTED", tenant=ACME) as conn:
         assert conn.engine is store.action_engine
-        store.check_lease(conn, "x-1", "w-1", 3)
-        with pytest.raises(Exception, match="taken over"):
-            store.check_lease(conn, "x-1", "w-1", 2)
+        store.check_lease(conn, x, "w-1", 3)
+        with pytest.raises(LeaseLostError, match="taken over"):
+            store.check_lease(conn, x, "w-1", 2)
+    # another tenant's transaction gets no answer about acme's lease, let alone a lock on it
+    with store.action_write("READ COMMITTED", tenant=GLOBEX) as conn, pytest.raises(LeaseLostError):
+        store.check_lease(conn, x, "w-1", 3)
 
 
 def test_a_wall_put_up_before_confinement_is_brought_up_to_date(confined: Engine) -> None:
@@ -352,23 +366,85 @@ def test_roles_that_could_get_past_the_wall_are_not_confined(confined: Engine, p
     name = f"{_role(pg_url)}_creator"
     database = pg_url.rsplit("/", 1)[1]
     server = PG_ADMIN.rsplit("/", 1)[0]
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE ROLE "{name}" LOGIN CREATEROLE')
+
+    def refused(match: str) -> None:
+        with confined.store.write() as conn, pytest.raises(ConfinementError, match=match):
+            confine_role(conn, name)
+
+    def admin(statement: str, *, here: bool = False) -> None:
+        with psycopg.connect(f"{server}/{database}" if here else PG_ADMIN, autocommit=True) as c:
+            c.execute(statement)
+
+    admin(f'CREATE ROLE "{name}" LOGIN CREATEROLE')
     try:
-        with confined.store.write() as conn, pytest.raises(ConfinementError, match="create roles"):
-            confine_role(conn, name)
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'ALTER ROLE "{name}" NOCREATEROLE')
-        with psycopg.connect(f"{server}/{database}", autocommit=True) as admin:
-            admin.execute("CREATE TABLE owned_by_it (tenant text)")
-            admin.execute(f'ALTER TABLE owned_by_it OWNER TO "{name}"')
-        with confined.store.write() as conn, pytest.raises(ConfinementError, match="owns tables"):
-            confine_role(conn, name)
+        refused("create roles")
+        admin(f'ALTER ROLE "{name}" NOCREATEROLE REPLICATION')
+        refused("replicate")
+        admin(f'ALTER ROLE "{name}" NOREPLICATION')
+        admin("CREATE TABLE owned_by_it (tenant text)", here=True)
+        admin(f'ALTER TABLE owned_by_it OWNER TO "{name}"', here=True)
+        refused("owns")
+        admin("DROP TABLE owned_by_it", here=True)
+        admin(f'GRANT CREATE ON SCHEMA public TO "{name}"', here=True)
+        refused("create objects")
+        admin(f'REVOKE CREATE ON SCHEMA public FROM "{name}"', here=True)
+        admin(f'ALTER ROLE "{name}" SET statement_timeout = 1')
+        refused("RESET ALL")
+        admin(f'ALTER ROLE "{name}" RESET ALL')
+        admin(
+            f'GRANT EXECUTE ON FUNCTION pg_catalog.pg_cancel_backend(integer) TO "{name}"',
+            here=True,
+        )
+        refused("pg_cancel_backend")
+        admin(
+            f'REVOKE EXECUTE ON FUNCTION pg_catalog.pg_cancel_backend(integer) FROM "{name}"',
+            here=True,
+        )
+        with confined.store.write() as conn:
+            confine_role(conn, name)  # nothing left in the way
     finally:
-        with psycopg.connect(f"{server}/{database}", autocommit=True) as admin:
-            admin.execute("DROP TABLE IF EXISTS owned_by_it")
+        admin("DROP TABLE IF EXISTS owned_by_it", here=True)
+        admin(f'DROP OWNED BY "{name}"', here=True)
+        admin(f'DROP ROLE IF EXISTS "{name}"')
+
+
+def test_a_role_changed_after_it_was_confined_runs_no_action(
+    confined: Engine, pg_url: str, pg_action_url: str
+) -> None:
+    # the confined role saves a setting of its own (any role may): every new session would
+    # take it on, so a new connection refuses to run actions until an administrator resets it
+    role = _role(pg_action_url)
+    store = SQLStore(pg_url, action_url=pg_action_url)
+    try:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+            admin.execute(f'ALTER ROLE "{role}" SET default_transaction_read_only = on')
+        with (
+            pytest.raises(ConfinementError, match="RESET ALL"),
+            store.action_write("READ COMMITTED", tenant=ACME),
+        ):
+            pass
+    finally:
+        store.close()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'ALTER ROLE "{role}" RESET ALL')
+
+
+def test_a_statement_cancelled_from_another_session_is_tried_again_a_timeout_is_not(
+    db_url: str,
+) -> None:
+    engine = sa.create_engine(PG_ADMIN.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            with pytest.raises(sa.exc.DBAPIError) as cancelled:
+                conn.exec_driver_sql("SELECT pg_cancel_backend(pg_backend_pid()), pg_sleep(5)")
+            conn.rollback()
+            conn.exec_driver_sql("SET statement_timeout = 10")
+            with pytest.raises(sa.exc.DBAPIError) as timed_out:
+                conn.exec_driver_sql("SELECT pg_sleep(5)")
+    finally:
+        engine.dispose()
+    assert _transient(cancelled.value)
+    assert not _transient(timed_out.value)
 
 
 def test_a_table_without_its_wall_is_not_granted(confined: Engine, pg_action_url: str) -> None:
@@ -405,3 +481,11 @@ def test_where_the_role_for_actions_applies(
     # the default port is the port
     explicit = pg_action_url.replace("127.0.0.1/", "127.0.0.1:5432/")
     SQLStore(pg_url.replace(":5432/", "/"), action_url=explicit).close()
+
+
+def test_the_prerequisites_command_prints_what_a_superuser_runs(
+    pg_url: str, pg_action_url: str, db_url: str
+) -> None:
+    printed = Cli(pg_url)("db", "confine-prerequisites").stdout.splitlines()
+    assert printed == [f"{statement};" for statement in confinement_prerequisites()]
+    assert any("pg_cancel_backend" in line for line in printed)

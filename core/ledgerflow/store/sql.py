@@ -58,6 +58,7 @@ __all__ = [
     "SQLStore",
     "StoredRecord",
     "confine_role",
+    "confinement_prerequisites",
     "current_tenant_scope",
     "normalise_url",
     "tenant_scope",
@@ -280,7 +281,9 @@ _CONFINED_GRANTS = {
     # UPDATE of one column, for the row lock appending an event takes; never the projection
     "lf_executions": "SELECT, UPDATE (updated_at)",
     "lf_events": "SELECT, INSERT",
-    "lf_outbox": "SELECT, INSERT",
+    # not the id: the sequence gives it (ids taken ahead would block every tenant's appends)
+    "lf_outbox": "SELECT, INSERT (execution_id, tenant, event_id, created_at, published_at, "
+    "relayed_at)",
     "lf_action_results": "SELECT, INSERT",
     "lf_timers": "SELECT, INSERT",
 }
@@ -372,13 +375,23 @@ def confine_role(conn: Connection, role: str, *, tables: Sequence[sa.Table | str
 
 
 def _unfit(conn: Connection, role: str) -> str | None:
-    """Why ``role`` could get past the wall (``"missing"`` if there is no such role), or
-    ``None``."""
+    """Why ``role`` could get past the wall, or reach other tenants' work (``"missing"`` if
+    there is no such role), or ``None``."""
     row = conn.execute(
         sa.text(
-            "SELECT r.rolsuper, r.rolbypassrls, r.rolcreaterole, "
+            "SELECT r.rolsuper, r.rolbypassrls, r.rolcreaterole, r.rolreplication, "
             "EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) AS member, "
-            "EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid) AS owner "
+            "EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid) "
+            "OR EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspowner = r.oid) "
+            "OR EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = current_database() "
+            "AND d.datdba = r.oid) AS owner, "
+            "has_database_privilege(r.oid, current_database(), 'CREATE') "
+            "OR EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname NOT LIKE 'pg\\_%' "
+            "AND n.nspname <> 'information_schema' "
+            "AND has_schema_privilege(r.oid, n.oid, 'CREATE')) AS creates, "
+            "EXISTS (SELECT 1 FROM pg_db_role_setting s WHERE s.setrole = r.oid AND s.setdatabase "
+            "IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))) "
+            "AS settings "
             "FROM pg_roles r WHERE r.rolname = :role"
         ),
         {"role": role},
@@ -389,11 +402,73 @@ def _unfit(conn: Connection, role: str) -> str | None:
         return "it is a superuser or bypasses row-level security"
     if row.rolcreaterole:
         return "it may create roles (and so grant itself others' rights)"
+    if row.rolreplication:
+        return "it may replicate (logical decoding reads every tenant's changes)"
     if row.member:
         return "it is a member of another role, whose rights SET ROLE would give it"
     if row.owner:
-        return "it owns tables (an owner can lift row-level security from them)"
+        return "it owns the database, a schema or a table (an owner can lift the wall)"
+    if row.creates:
+        return (
+            "it may create objects in the database or one of its schemas (a function or "
+            "operator there could run as another role); REVOKE CREATE from it, and from PUBLIC"
+        )
+    if row.settings:
+        return (
+            "it carries settings of its own (ALTER ROLE … SET), which every new session "
+            f"takes on: run ALTER ROLE {role} RESET ALL (and ALTER ROLE {role} IN DATABASE … "
+            "RESET ALL), as an administrator"
+        )
+    reach = [
+        name
+        for name, allowed in conn.execute(
+            sa.text(
+                "SELECT f.name, CASE WHEN f.kind = 'f' "
+                "THEN has_function_privilege(:role, to_regprocedure(f.name), 'EXECUTE') "
+                "ELSE has_table_privilege(:role, to_regclass(f.name), 'SELECT') END "
+                "FROM (VALUES " + ", ".join(f"('{n}', '{k}')" for n, k in _SHARED) + ") "
+                "AS f(name, kind)"
+            ),
+            {"role": role},
+        )
+        if allowed
+    ]
+    if reach:
+        return (
+            f"it may use {', '.join(reach)}, which reach other tenants' sessions or data: "
+            "a superuser must first run, in this database: "
+            + "; ".join(confinement_prerequisites())
+        )
     return None
+
+
+def confinement_prerequisites() -> list[str]:
+    """The statements a superuser runs, once, in the ledger's database before a role can be
+    confined (:func:`confine_role` refuses until then): they take from every role what would
+    let one tenant's action reach another's sessions (cancel, end or watch them: sessions of
+    the confined role serve every tenant) or share data outside the wall (large objects).
+    Grant them back to the roles that need them (a monitoring role, ``pg_stat_activity``)."""
+    return [
+        f"REVOKE {'EXECUTE ON FUNCTION' if kind == 'f' else 'SELECT ON'} {name} FROM PUBLIC"
+        for name, kind in _SHARED
+    ]
+
+
+# what every role may use by default and a confined one must not: other sessions of its role
+# (other tenants' actions) to cancel, end or watch, and large objects, shared by every tenant
+_SHARED = (
+    ("pg_catalog.pg_cancel_backend(integer)", "f"),
+    ("pg_catalog.pg_terminate_backend(integer, bigint)", "f"),
+    ("pg_catalog.pg_stat_activity", "t"),
+    ("pg_catalog.pg_stat_get_activity(integer)", "f"),
+    ("pg_catalog.lo_creat(integer)", "f"),
+    ("pg_catalog.lo_create(oid)", "f"),
+    ("pg_catalog.lo_from_bytea(oid, bytea)", "f"),
+    ("pg_catalog.lo_open(oid, integer)", "f"),
+    ("pg_catalog.lo_get(oid)", "f"),
+    ("pg_catalog.lo_get(oid, bigint, integer)", "f"),
+    ("pg_catalog.lo_put(oid, bigint, bytea)", "f"),
+)
 
 
 def current_tenant_scope() -> str | None:
@@ -666,6 +741,12 @@ class SQLStore:
             except sa.exc.DBAPIError as exc:
                 conn.close()
                 if not exc.connection_invalidated:
+                    if sealed:
+                        # the seal or the check of a confined session failed: the engine's
+                        # trouble, never the step's
+                        raise StoreUnavailableError(
+                            f"could not begin a database action's transaction: {first_line(exc)}"
+                        ) from exc
                     raise
                 if attempt == 0:
                     continue  # the pool was invalidated with it: the next one is new

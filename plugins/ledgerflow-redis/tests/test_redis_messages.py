@@ -9,8 +9,9 @@ from ledgerflow.transports import Wakeup
 
 from ledgerflow_redis.messages import VERSION, WakeupMessage, decode, decode_fields, encode
 
-# what a database can store: any text but NUL (a wake-up holding one is refused, see below)
-names = st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=40)
+# what a database can store: any Unicode text but NUL (a wake-up holding one is refused, see
+# below); the engine refuses ids that are not Unicode (a lone surrogate) before they are stored
+names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=40)
 wakeups = st.builds(Wakeup, execution_id=names, tenant=names, event_id=names)
 
 

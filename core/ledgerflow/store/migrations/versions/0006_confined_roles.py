@@ -102,13 +102,16 @@ def upgrade() -> None:
             f"ALTER POLICY ledgerflow_tenant_wall ON {table} USING ({rule}) WITH CHECK ({rule})"
         )
     # a step's fencing check, for a confined session that may not read lf_leases: runs as the
-    # owner of the ledger, share-locks the lease row as the direct query does
+    # owner of the ledger, share-locks the lease row as the direct query does, and answers
+    # only for an execution of the tenant the session acts for
     op.execute(
         f'CREATE FUNCTION "{schema}".lf_check_lease(p_execution_id text, p_owner text, '
         "p_token bigint) RETURNS boolean LANGUAGE sql SECURITY DEFINER "
         "SET search_path = pg_catalog, pg_temp AS $$ "
-        f'SELECT true FROM "{schema}".lf_leases WHERE execution_id = p_execution_id '
-        "AND owner = p_owner AND token = p_token FOR SHARE $$"
+        f'SELECT true FROM "{schema}".lf_leases l WHERE l.execution_id = p_execution_id '
+        "AND l.owner = p_owner AND l.token = p_token AND EXISTS ("
+        f'SELECT 1 FROM "{schema}".lf_executions e WHERE e.id = l.execution_id '
+        f'AND e.tenant = "{schema}".lf_wall_tenant()) FOR SHARE OF l $$'
     )
     op.execute(f'REVOKE ALL ON FUNCTION "{schema}".lf_check_lease(text, text, bigint) FROM PUBLIC')
 
