@@ -23,6 +23,7 @@ from ledgerflow.testing import (
     SimulatedCrash,
     render_ledger,
 )
+from ledgerflow.testing.harness import _Serving
 from testing.kit_workflows import actions, expense
 
 # a database action that writes one row per call, in its own transaction, to count effects
@@ -342,3 +343,40 @@ def test_told_where_the_work_is_with_no_time_passed_the_harness_processes_it() -
             "transition_applied",
         ]
         harness._check(look)
+
+
+def test_the_harness_looks_for_work_as_the_store_finds_it() -> None:
+    # the harness asks for a timer due and for pending executions in one transaction of its
+    # own; it must find what the store's due_timers and pending_executions (a worker's poll)
+    # find, or it would fire timers or process executions a worker would not, or miss them
+    timed = ledgerflow.loads(TIMED, "yaml")
+    with Harness(timed) as harness:
+
+        def agree() -> tuple[bool, list[tuple[str, str]]]:
+            poll = harness._poll(_Serving(first=len(harness.calls)))
+            due = bool(harness.store.due_timers(harness.clock(), 100))
+            assert poll.due == due
+            if not poll.due:
+                assert sorted(poll.found) == sorted(harness.store.pending_executions(64))
+            return poll.due, poll.found
+
+        x = harness.start()
+        assert agree() == (False, [])
+        harness.advance(9.99)
+        assert agree() == (False, [])
+        harness.advance(0.01)  # the timer is due now
+        assert agree() == (True, [])
+        harness.process()
+        assert agree() == (False, [])
+        y = harness.start()
+        harness.send(y, "Done", process=False)
+        assert agree() == (False, [(y, harness.tenant)])
+        token = harness.store.take_lease(y, "someone-else", 30)
+        assert token is not None
+        assert agree() == (False, [])  # leased: not work for this worker
+        harness.advance(31)
+        assert agree() == (True, [])  # y's own timer is due by now: it fires first
+        harness.process()
+        assert agree() == (False, [])
+        assert harness.execution(x).state == "expired"
+        assert harness.execution(y).state == "done"
