@@ -22,7 +22,8 @@ def _cut_mid_transaction(store: SQLStore, url: str) -> None:
     would), then go on using it."""
     with store.read(tenant=ALL_TENANTS) as conn:
         pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-        with psycopg.connect(url, autocommit=True) as other:
+        # as the administrator: the ledger's database keeps this from ordinary roles
+        with psycopg.connect(PG_ADMIN, autocommit=True) as other:
             other.execute("SELECT pg_terminate_backend(%s)", (pid,))
         conn.execute(sa.text("SELECT 1"))
 
