@@ -8,6 +8,7 @@ outbox record are committed together, so an acknowledged event is never lost.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -236,6 +237,16 @@ class _FirstEvent:
     key: str | None
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(name: str, version: int, body: str) -> Definition:
+    """The stored definition ``body`` (JSON text), parsed and compiled: once per process for
+    each content, whichever engine reads it (a worker restarting, a test's new engine)."""
+    source = f"{name} v{version}"
+    return definitions_module.compile_workflow(
+        definitions_module.parse(json.loads(body), source=source), source=source
+    )
+
+
 def _client_event(
     tenant: str, payload: Mapping[str, JSON] | None, role: str | None, key: str | None
 ) -> dict[str, JSON]:
@@ -457,9 +468,7 @@ class Engine:
         body = self.store.definition_body(name, version, conn=conn)
         if body is None:
             raise WorkflowNotFoundError(f"workflow {name!r} has no version {version}")
-        definition = definitions_module.compile_workflow(
-            definitions_module.parse(body, source=f"{name} v{version}"), source=f"{name} v{version}"
-        )
+        definition = _compiled(name, version, json.dumps(body))
         with self._lock:
             self._definitions[(name, version)] = definition
         return definition

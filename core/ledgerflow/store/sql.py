@@ -138,6 +138,56 @@ _CHECK_LEASE = sa.select(leases.c.token).where(
     leases.c.token == sa.bindparam("token"),
 )
 _CHECK_LEASE_SHARED = _CHECK_LEASE.with_for_update(read=True)
+
+
+def _take_lease_statement(insert: Callable[[sa.Table], Any]) -> Any:
+    """The upsert that takes a lease: a new row with token 1, or the row of a free or expired
+    lease taken over with the token one up (the tenant kept unless a new one is given)."""
+    statement = insert(leases).values(
+        execution_id=sa.bindparam("execution_id"),
+        owner=sa.bindparam("owner"),
+        token=1,
+        expires_at=sa.bindparam("expires_at"),
+        tenant=sa.bindparam("tenant", type_=leases.c.tenant.type),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[leases.c.execution_id],
+        set_={
+            "owner": statement.excluded.owner,
+            "token": leases.c.token + 1,
+            "expires_at": statement.excluded.expires_at,
+            "tenant": sa.func.coalesce(statement.excluded.tenant, leases.c.tenant),
+        },
+        where=leases.c.expires_at <= sa.bindparam("now"),
+    ).returning(leases.c.token)
+
+
+_TAKE_LEASE = {
+    "postgresql": _take_lease_statement(postgresql.insert),
+    "sqlite": _take_lease_statement(sqlite.insert),
+}
+_HELD_LEASE = sa.and_(
+    leases.c.execution_id == sa.bindparam("key_execution_id"),
+    leases.c.owner == sa.bindparam("key_owner"),
+    leases.c.token == sa.bindparam("key_token"),
+)
+_RELEASE_LEASE = leases.update().where(_HELD_LEASE).values(expires_at=0.0)
+_SNAPSHOT_STATES = (
+    sa.select(snapshots.c.state)
+    .where(
+        snapshots.c.execution_id == sa.bindparam("execution_id"),
+        snapshots.c.tenant == sa.bindparam("tenant"),
+    )
+    .order_by(snapshots.c.seq)
+)
+_CANCEL_TIMERS = (
+    timers.update()
+    .where(timers.c.execution_id == sa.bindparam("key_execution_id"), timers.c.state == "armed")
+    .values(state="cancelled", cancelled_at=sa.bindparam("cancelled_at"))
+)
+_CANCEL_STATE_TIMERS = _CANCEL_TIMERS.where(timers.c.kind == "state")
+_INSERT_EXECUTION = executions.insert()
+_INSERT_ACTION_RESULT = action_results.insert()
 _CHECK_LEASE_CONFINED = sa.text("SELECT lf_check_lease(:execution_id, :owner, :token)")
 _MARK_HANDLED = (
     outbox.update()
@@ -892,19 +942,20 @@ class SQLStore:
         """Create an execution: its projection and the first record of its ledger."""
         now = self.clock()
         conn.execute(
-            executions.insert().values(
-                id=execution_id,
-                tenant=tenant,
-                workflow=state.workflow,
-                version=state.version,
-                state=state.name,
-                context=dict(state.context),
-                status=state.status.value,
-                projection_seq=state.seq,
-                decided_seq=state.decided_seq,
-                created_at=now,
-                updated_at=now,
-            )
+            _INSERT_EXECUTION,
+            {
+                "id": execution_id,
+                "tenant": tenant,
+                "workflow": state.workflow,
+                "version": state.version,
+                "state": state.name,
+                "context": dict(state.context),
+                "status": state.status.value,
+                "projection_seq": state.seq,
+                "decided_seq": state.decided_seq,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         self.insert_records(conn, execution_id, tenant, [started])
 
@@ -1125,11 +1176,7 @@ class SQLStore:
         if conn is None:
             with self.read(tenant=tenant) as own:
                 return self.snapshot_states(execution_id, tenant, conn=own)
-        rows = conn.execute(
-            sa.select(snapshots.c.state)
-            .where(snapshots.c.execution_id == execution_id, snapshots.c.tenant == tenant)
-            .order_by(snapshots.c.seq)
-        )
+        rows = conn.execute(_SNAPSHOT_STATES, {"execution_id": execution_id, "tenant": tenant})
         return [codec.decode_state(r.state) for r in rows]
 
     # ----------------------------------------------------------------------------------------
@@ -1272,25 +1319,15 @@ class SQLStore:
         :meth:`release_lease_if_idle`)."""
         if not skip_locked:
             # one statement: a new row, or the free (or expired) one taken over, else nothing
-            insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-            statement = insert(leases).values(
-                execution_id=execution_id,
-                owner=owner,
-                token=1,
-                expires_at=now + ttl,
-                tenant=tenant,
-            )
             taken = conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[leases.c.execution_id],
-                    set_={
-                        "owner": statement.excluded.owner,
-                        "token": leases.c.token + 1,
-                        "expires_at": statement.excluded.expires_at,
-                        "tenant": sa.func.coalesce(statement.excluded.tenant, leases.c.tenant),
-                    },
-                    where=leases.c.expires_at <= now,
-                ).returning(leases.c.token)
+                _TAKE_LEASE[self.dialect],
+                {
+                    "execution_id": execution_id,
+                    "owner": owner,
+                    "expires_at": now + ttl,
+                    "tenant": tenant,
+                    "now": now,
+                },
             ).first()
             return None if taken is None else int(taken.token)
         query = sa.select(leases).where(leases.c.execution_id == execution_id)
@@ -1391,9 +1428,7 @@ class SQLStore:
     def release_lease(self, execution_id: str, owner: str, token: int) -> None:
         """Give the lease up at once (the token stays, so fencing keeps counting up)."""
         with self.write() as conn:
-            conn.execute(
-                leases.update().where(_held_by(execution_id, owner, token)).values(expires_at=0.0)
-            )
+            conn.execute(_RELEASE_LEASE, _held_params(execution_id, owner, token))
 
     def release_stray_lease(self, execution_id: str, owner: str, token: int) -> None:
         """Give up a lease taken for a wake-up whose execution is not there for its tenant.
@@ -1417,7 +1452,7 @@ class SQLStore:
         """
         with self.write(tenant=ALL_TENANTS) as conn:
             released = conn.execute(
-                leases.update().where(_held_by(execution_id, owner, token)).values(expires_at=0.0)
+                _RELEASE_LEASE, _held_params(execution_id, owner, token)
             ).rowcount
             if not released:
                 return True  # not ours any more: nothing to give up
@@ -1508,14 +1543,9 @@ class SQLStore:
         """Inside the transaction that leaves a state: cancel the execution's armed timers
         of states (with ``scheduled``, those steps scheduled too: the execution completed);
         returns how many were cancelled (a timer fired already stays fired)."""
-        query = timers.update().where(
-            timers.c.execution_id == execution_id, timers.c.state == "armed"
-        )
-        if not scheduled:
-            query = query.where(timers.c.kind == "state")
-        return int(
-            conn.execute(query.values(state="cancelled", cancelled_at=self.clock())).rowcount
-        )
+        query = _CANCEL_TIMERS if scheduled else _CANCEL_STATE_TIMERS
+        params = {"key_execution_id": execution_id, "cancelled_at": self.clock()}
+        return int(conn.execute(query, params).rowcount)
 
     def due_timers(self, now: float, limit: int) -> list[tuple[str, str, str]]:
         """Up to ``limit`` armed timers due at ``now`` or before, soonest first, as
@@ -1740,17 +1770,18 @@ class SQLStore:
         """Record an action's result under its idempotency key. A second record under the same
         key raises :class:`sqlalchemy.exc.IntegrityError`: the key is unique."""
         conn.execute(
-            action_results.insert().values(
-                key=key,
-                tenant=tenant,
-                execution_id=execution_id,
-                event_id=event_id,
-                step_id=step_id,
-                action=action,
-                result=result,
-                attempts=attempts,
-                created_at=self.clock(),
-            )
+            _INSERT_ACTION_RESULT,
+            {
+                "key": key,
+                "tenant": tenant,
+                "execution_id": execution_id,
+                "event_id": event_id,
+                "step_id": step_id,
+                "action": action,
+                "result": result,
+                "attempts": attempts,
+                "created_at": self.clock(),
+            },
         )
 
     # ----------------------------------------------------------------------------------------
@@ -1865,6 +1896,11 @@ class SQLStore:
                 t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
                 for t in tables
             }
+
+
+def _held_params(execution_id: str, owner: str, token: int) -> dict[str, Any]:
+    """The parameters of :data:`_HELD_LEASE`."""
+    return {"key_execution_id": execution_id, "key_owner": owner, "key_token": token}
 
 
 def _held_by(execution_id: str, owner: str, token: int) -> sa.ColumnElement[bool]:
