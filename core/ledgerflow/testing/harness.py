@@ -53,8 +53,8 @@ from ledgerflow.model import (
 from ledgerflow.plugins import Plugins
 from ledgerflow.registry import ActionRegistry
 from ledgerflow.store import ALL_TENANTS
-from ledgerflow.store.schema import action_results, events, leases, timers
-from ledgerflow.store.sql import SQLStore, StoredRecord
+from ledgerflow.store.schema import action_results, timers
+from ledgerflow.store.sql import _PENDING_EXECUTIONS, SQLStore, StoredRecord
 from ledgerflow.worker import Worker
 
 __all__ = [
@@ -85,18 +85,6 @@ _DUE_TIMER = (
     sa.select(timers.c.id)
     .where(timers.c.state == "armed", timers.c.due_at <= sa.bindparam("now"))
     .limit(1)
-)
-_WAITING = (
-    sa.select(events.c.execution_id, events.c.tenant)
-    .where(
-        events.c.status == "pending",
-        ~sa.exists().where(
-            leases.c.execution_id == events.c.execution_id,
-            leases.c.expires_at > sa.bindparam("now"),
-        ),
-    )
-    .group_by(events.c.execution_id, events.c.tenant)
-    .limit(64)
 )
 _RESULTS = sa.select(action_results.c.key, action_results.c.result).where(
     action_results.c.execution_id == sa.bindparam("execution_id"),
@@ -887,7 +875,10 @@ class Harness:
         with self.store.read(tenant=ALL_TENANTS) as conn:
             if conn.execute(_DUE_TIMER, {"now": now}).first() is not None:
                 return _Poll(due=True)
-            found = [(r.execution_id, r.tenant) for r in conn.execute(_WAITING, {"now": now})]
+            found = [
+                (r.execution_id, r.tenant)
+                for r in conn.execute(_PENDING_EXECUTIONS, {"now": now, "limit": 64})
+            ]
             if found:
                 return _Poll(found=found)
             serving.recorded = self._recorded_keys_in(conn, serving.first)
