@@ -40,7 +40,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shlex
 import signal
 import statistics
 import subprocess
@@ -60,6 +59,7 @@ from ledgerflow_app import LedgerflowSystem
 from ledgerflow_redis.testing import RedisServer
 from raw_floor import RawFloor
 from reporting import (
+    command_line,
     machine_info,
     markdown_table,
     num,
@@ -553,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_at_start = os.getloadavg()[0]
     peers = peers_python() if any(e.kind == "peer" for e in entries) else None
     results: dict[str, Any] = {
-        "command": shlex.join(["python", "benchmarks/compare.py", *sys.argv[1:]]),
+        "command": command_line(sys.argv),
         "machine": machine_info(),
         "versions": {
             "ledgerflow": ledgerflow.__version__,

@@ -55,7 +55,6 @@ import importlib
 import json
 import os
 import platform
-import shlex
 import signal
 import sqlite3
 import statistics
@@ -81,7 +80,7 @@ from ledgerflow.engine import Engine, Lease
 from ledgerflow.model import EventRejected, TransitionApplied
 from ledgerflow.store.schema import events, outbox
 from ledgerflow.store.sql import SQLStore, normalise_url
-from reporting import cpu_model, latency_summary, num, progress, ratio, table
+from reporting import command_line, cpu_model, latency_summary, num, progress, ratio, table
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_DIR = ROOT / "contrib" / "examples" / "invoice_approval"
@@ -549,7 +548,6 @@ def machine_info() -> dict[str, Any]:
         "sqlalchemy": version("SQLAlchemy"),
         "psycopg": version("psycopg"),
         "sqlite": sqlite3.sqlite_version,
-        "tmpdir": tempfile.gettempdir(),
         "load_average": os.getloadavg()[0],
     }
 
@@ -563,7 +561,7 @@ def report(results: dict[str, Any], cfg: Config) -> str:
         f"machine: nproc {m['nproc']} ({m['cpu']}), {m['platform']}",
         f"python:  {m['python']}; ledgerflow {m['ledgerflow']}, SQLAlchemy {m['sqlalchemy']}, "
         f"psycopg {m['psycopg']}",
-        f"stores:  SQLite {m['sqlite']} file in {m['tmpdir']} (WAL, synchronous=FULL); "
+        f"stores:  SQLite {m['sqlite']} file in a temporary directory (WAL, synchronous=FULL); "
         f"PostgreSQL {pg['server_version']} (fsync={pg['fsync']}, "
         f"synchronous_commit={pg['synchronous_commit']}, shared_buffers={pg['shared_buffers']})",
         "load:    1-minute load average {:.2f} at the start, {:.2f} at the end".format(
@@ -700,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = Config.make(args.quick)
     signal.signal(signal.SIGTERM, _terminate)
     results: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": command_line(sys.argv),
         "machine": machine_info(),
         "config": cfg.__dict__,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -21,6 +22,32 @@ from typing import Any
 def progress(message: str) -> None:
     """A time-stamped line on standard error."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# options whose values name this machine (a file, a private server's URL): a report shows
+# what they stand for instead
+_MACHINE_VALUES = {"--json": "FILE", "--pg": "URL", "--output": "FILE"}
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The command that ran, as someone else would type it: ``python benchmarks/<script>``
+    and its options, with the files and server URLs of this machine named by what they are
+    (``--json FILE``, ``--pg URL``)."""
+    words = ["python", f"benchmarks/{Path(argv[0]).name}"]
+    hidden = None
+    for word in argv[1:]:
+        if hidden is not None:
+            words.append(hidden)
+            hidden = None
+            continue
+        option, equals, _ = word.partition("=")
+        if option in _MACHINE_VALUES:
+            if equals:
+                word = f"{option}={_MACHINE_VALUES[option]}"
+            else:
+                hidden = _MACHINE_VALUES[option]
+        words.append(word)
+    return shlex.join(words)
 
 
 def percentile(samples: Sequence[float], q: float) -> float:

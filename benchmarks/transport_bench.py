@@ -71,7 +71,6 @@ import importlib
 import json
 import os
 import platform
-import shlex
 import signal
 import statistics
 import subprocess
@@ -95,7 +94,7 @@ from ledgerflow.engine import Engine
 from ledgerflow.store.schema import outbox
 from ledgerflow.store.sql import SQLStore, normalise_url
 from ledgerflow_redis.testing import RedisServer
-from reporting import cpu_model, num, percentile, progress, spread, table
+from reporting import command_line, cpu_model, num, percentile, progress, spread, table
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -731,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     load_at_start = os.getloadavg()[0]
     results: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": command_line(sys.argv),
         "machine": machine_info(),
         "config": {**cfg.__dict__, "events": cfg.events, "streams": STREAMS},
     }

@@ -106,3 +106,19 @@ def test_the_table_gives_medians_spread_and_ratio_to_the_floor() -> None:
     assert rows["raw floor (XADD, 2 consumers, 3 inserts, XACK)"][8] == "ok"
     markdown = _module("reporting").markdown_table(compare.HEADER, compare.table_rows(summary))
     assert markdown.splitlines()[1].startswith("| --- | ---: |")
+
+
+def test_a_report_names_the_command_without_this_machines_paths() -> None:
+    command_line = _module("reporting").command_line
+    argv = [
+        "/somewhere/checkout/benchmarks/ledger_bench.py",
+        "--pg",
+        "postgresql://postgres@127.0.0.1:54477/postgres",
+        "--json=/tmp/run/ledger.json",
+        "--rounds",
+        "1",
+    ]
+    assert command_line(argv) == "python benchmarks/ledger_bench.py --pg URL --json=FILE --rounds 1"
+    assert command_line(["benchmarks/compare.py", "--json", "out.json", "--quick"]) == (
+        "python benchmarks/compare.py --json FILE --quick"
+    )
