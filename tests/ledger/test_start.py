@@ -36,51 +36,31 @@ def test_start_writes_what_create_then_enqueue_writes(engine: Engine) -> None:
     assert (info.status, info.outcome) == ("processed", "applied")
 
 
+def _submit(engine: Engine, **changes: Any) -> tuple[str, str]:
+    """A clerk's start of invoice inv-1 under the key submit-inv-1, or with ``changes``."""
+    call: dict[str, Any] = {
+        "tenant": TENANT,
+        "role": "clerk",
+        "payload": PAYLOAD,
+        "execution_id": "inv-1",
+        "key": "submit-inv-1",
+        **changes,
+    }
+    return engine.start("InvoiceApproval", "CreateInvoice", **call)
+
+
 def test_a_retried_start_with_its_id_and_key_returns_the_first_ids(engine: Engine) -> None:
-    first = engine.start(
-        "InvoiceApproval",
-        "CreateInvoice",
-        tenant=TENANT,
-        role="clerk",
-        payload=PAYLOAD,
-        execution_id="inv-1",
-        key="submit-inv-1",
-    )
+    first = _submit(engine)
     before = engine.store.row_counts()
-    again = engine.start(
-        "InvoiceApproval",
-        "CreateInvoice",
-        tenant=TENANT,
-        role="clerk",
-        payload=PAYLOAD,
-        execution_id="inv-1",
-        key="submit-inv-1",
-    )
-    assert again == first
+    assert _submit(engine) == first
     assert engine.store.row_counts() == before
     # the id without the key, or with another key, is taken
     for key in (None, "another"):
         with pytest.raises(InvalidInputError, match="cannot be used"):
-            engine.start(
-                "InvoiceApproval",
-                "CreateInvoice",
-                tenant=TENANT,
-                role="clerk",
-                payload=PAYLOAD,
-                execution_id="inv-1",
-                key=key,
-            )
+            _submit(engine, key=key)
     # nor is another tenant's retry answered with this tenant's ids
     with pytest.raises(InvalidInputError, match="cannot be used"):
-        engine.start(
-            "InvoiceApproval",
-            "CreateInvoice",
-            tenant="globex",
-            role="clerk",
-            payload=PAYLOAD,
-            execution_id="inv-1",
-            key="submit-inv-1",
-        )
+        _submit(engine, tenant="globex")
     assert engine.store.row_counts() == before
 
 

@@ -664,7 +664,13 @@ class SQLStore:
             )
         # psycopg prepares no statement on these connections: a prepared statement is session
         # state an action could replace, and DISCARD ALL drops them
-        pool = sa.create_engine(target, pool_size=10, connect_args={"prepare_threshold": None})
+        # the reset below is the whole reset on return (its rollback included), done once
+        pool = sa.create_engine(
+            target,
+            pool_size=10,
+            pool_reset_on_return=None,
+            connect_args={"prepare_threshold": None},
+        )
 
         @sa_event.listens_for(pool, "reset")
         def _reset(dbapi_connection: Any, _record: Any, reset: Any) -> None:
