@@ -941,6 +941,7 @@ class Engine:
         tenant: str,
         lease: Lease,
         should_stop: Callable[[], bool] = lambda: False,
+        release_when_idle: bool = False,
     ) -> int:
         """Decide and carry out every pending event of the execution, in seq order, while
         holding ``lease``; returns how many events were processed.
@@ -951,13 +952,25 @@ class Engine:
         so a stopping worker hands the execution back without leaving half an event recorded.
         Everything it does, the actions it runs included, is scoped to ``tenant``
         (:func:`~ledgerflow.store.tenant_scope`).
+
+        With ``release_when_idle``, the lease is given up in the transaction that finds no
+        event left to decide (the last event's commit, as a rule): when this returns, the
+        lease is no longer held, unless ``should_stop`` cut the processing short or it
+        raised. No wake-up is left behind: that transaction renews the lease before it looks
+        for events, so a worker handed a newer event's wake-up either failed to take the lease
+        before (and the look sees the event) or waits for the commit and takes it.
         """
         # the log fields of the events it takes up end with it
         with tenant_scope(tenant), logs.bound(execution_id=execution_id, tenant=tenant):
-            return self._process(execution_id, tenant, lease, should_stop)
+            return self._process(execution_id, tenant, lease, should_stop, release_when_idle)
 
     def _process(
-        self, execution_id: str, tenant: str, lease: Lease, should_stop: Callable[[], bool]
+        self,
+        execution_id: str,
+        tenant: str,
+        lease: Lease,
+        should_stop: Callable[[], bool],
+        release_when_idle: bool,
     ) -> int:
         with self.store.read(tenant=tenant) as conn:
             row = self.store.execution_row(conn, execution_id, tenant)
@@ -997,7 +1010,9 @@ class Engine:
             if not pending:
                 if settled:
                     break
-                state, pending = self._settle(definition, execution_id, tenant, lease, state)
+                state, pending = self._settle(
+                    definition, execution_id, tenant, lease, state, release=release_when_idle
+                )
                 if not pending:
                     break
             current = pending.pop(0)
@@ -1009,6 +1024,7 @@ class Engine:
                 state,
                 current,
                 recorded if current.event_id in read_ahead else None,
+                release=release_when_idle and not pending,
             )
             settled = not arrived
             pending += arrived
@@ -1016,16 +1032,26 @@ class Engine:
         return processed
 
     def _settle(
-        self, definition: Definition, execution_id: str, tenant: str, lease: Lease, state: State
+        self,
+        definition: Definition,
+        execution_id: str,
+        tenant: str,
+        lease: Lease,
+        state: State,
+        *,
+        release: bool = False,
     ) -> tuple[State, list[StoredRecord]]:
-        """With nothing left to decide: mark the execution's wake-ups handled, unless events
-        arrived meanwhile, which are returned to be processed."""
+        """With nothing left to decide: mark the execution's wake-ups handled (and give the
+        lease up, if ``release``), unless events arrived meanwhile, which are returned to be
+        processed."""
         with self.store.write(tenant=tenant) as conn:
             self.store.fence(conn, execution_id, lease.owner, lease.token, lease.ttl)
             arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
             waiting = [a for a in arrived if a.record.kind == "event_received"]
             if not waiting:
                 self.store.mark_handled(conn, execution_id)
+                if release:
+                    self.store.give_up_lease(conn, execution_id, lease.owner, lease.token)
         return machine.fold(definition, [a.record for a in arrived], state), waiting
 
     def _process_event(
@@ -1037,7 +1063,12 @@ class Engine:
         state: State,
         stored: StoredRecord,
         recorded: Mapping[str, JSON] | None = None,
+        *,
+        release: bool = False,
     ) -> tuple[State, list[StoredRecord]]:
+        """Decide and carry out one event, and commit what it did; returns the new state and
+        the events that arrived meanwhile. With ``release``, a commit that finds none gives
+        the lease up (see :meth:`process`)."""
         event = stored.record
         assert isinstance(event, EventReceived)
         logs.begin_event(stored.event_id, enqueued_at=stored.created_at)
@@ -1077,6 +1108,8 @@ class Engine:
                     waiting = [a for a in arrived if a.record.kind == "event_received"]
                     if not waiting:
                         self.store.mark_handled(conn, execution_id)
+                        if release:
+                            self.store.give_up_lease(conn, execution_id, lease.owner, lease.token)
                 self._announce(execution_id, tenant, stored, plan, new, base, after)
                 return after, waiting
             except sa.exc.IntegrityError:

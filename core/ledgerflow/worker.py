@@ -514,23 +514,19 @@ class Worker:
         """Process the execution under the lease until nothing is left, then give the lease up;
         ``True`` when everything was committed, ``False`` when the execution is held back
         after a failure (its lease kept for a growing pause)."""
-        while True:
-            settled = self._process_leased(execution_id, tenant, token)
-            if settled is None:
-                return True  # nothing of it here for this tenant; the lease is given up
-            if not settled:
-                return False
+        settled = self._process_leased(execution_id, tenant, token)
+        if settled is None:
+            return True  # nothing of it here for this tenant; the lease is given up
+        if not settled:
+            return False
+        # the engine gave the lease up in the commit that found nothing left, unless a stop
+        # cut the processing short (giving it up again changes nothing)
+        if self._stopping.is_set():
             try:
-                if self._stopping.is_set() or self.store.release_lease_if_idle(
-                    execution_id, self.id, token, self.lease_ttl
-                ):
-                    if self._stopping.is_set():
-                        self.store.release_lease(execution_id, self.id, token)
-                    return True
+                self.store.release_lease(execution_id, self.id, token)
             except Exception as exc:  # the lease expires by itself
                 log.warning("worker %s: could not release %s: %s", self.id, execution_id, exc)
-                return True
-            # a wake-up arrived while we held the lease: it is ours to act on
+        return True
 
     def _process_leased(self, execution_id: str, tenant: str, token: int) -> bool | None:
         """Process under the lease: ``True`` when everything was committed, ``False`` when the
@@ -547,6 +543,7 @@ class Worker:
                     tenant=tenant,
                     lease=Lease(owner=self.id, token=token, ttl=self.lease_ttl),
                     should_stop=self._stopping.is_set,
+                    release_when_idle=True,
                 )
             self._count(executions=1, events=count)
             with self._lock:

@@ -1434,7 +1434,7 @@ class SQLStore:
     def release_lease(self, execution_id: str, owner: str, token: int) -> None:
         """Give the lease up at once (the token stays, so fencing keeps counting up)."""
         with self.write() as conn:
-            conn.execute(_RELEASE_LEASE, _held_params(execution_id, owner, token))
+            self.give_up_lease(conn, execution_id, owner, token)
 
     def release_stray_lease(self, execution_id: str, owner: str, token: int) -> None:
         """Give up a lease taken for a wake-up whose execution is not there for its tenant.
@@ -1446,6 +1446,11 @@ class SQLStore:
             absent = ~sa.exists().where(executions.c.id == execution_id)
             if not conn.execute(leases.delete().where(held, absent)).rowcount:
                 conn.execute(leases.update().where(held).values(expires_at=0.0))
+
+    def give_up_lease(self, conn: Connection, execution_id: str, owner: str, token: int) -> None:
+        """Inside a write transaction that renewed the lease first (:meth:`fence`): give it up
+        when the transaction commits (as :meth:`release_lease` does)."""
+        conn.execute(_RELEASE_LEASE, _held_params(execution_id, owner, token))
 
     def release_lease_if_idle(self, execution_id: str, owner: str, token: int, ttl: float) -> bool:
         """Give the lease up unless a wake-up of the execution is still unhandled, in which
