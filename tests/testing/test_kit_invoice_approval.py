@@ -125,7 +125,7 @@ def test_invoice_approval_without_its_limit_is_caught(invoice: ledgerflow.Defini
     print(f"caught in {time.perf_counter() - started:.1f}s with {len(shown)} events")
     print(notes)
     assert 2 <= len(shown) <= 4  # found at once, without shrinking
-    assert "state.CreateInvoice(" in notes
+    assert "state.send(event=CreateInvoice(" in notes
     assert "approve: pending_approval -> approved" in notes
 
 

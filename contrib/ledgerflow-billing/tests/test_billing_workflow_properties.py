@@ -28,7 +28,10 @@ invoices = st.fixed_dictionaries(
         "invoice": st.fixed_dictionaries(
             {
                 "id": st.sampled_from(["INV-1", "INV-2"]),
-                "net": st.integers(1, 100_000).map(lambda cents: cents / 100),
+                # any net amount; and amounts of 50 and more, which leave room for credits
+                "net": st.one_of(st.integers(1, 100_000), st.integers(5_000, 100_000)).map(
+                    lambda cents: cents / 100
+                ),
                 "country": st.sampled_from(sorted(VAT_RATES)),
             }
         )
@@ -36,7 +39,10 @@ invoices = st.fixed_dictionaries(
 )
 credits = st.fixed_dictionaries(
     {
-        "amount": st.integers(1, 120_000).map(lambda cents: cents / 100),
+        # any amount, above the gross total too; and small ones, several of which fit
+        "amount": st.one_of(st.integers(1, 2_000), st.integers(1, 120_000)).map(
+            lambda cents: cents / 100
+        ),
         "reason": st.just("goodwill"),
     }
 )

@@ -5,10 +5,10 @@ workflow kept the user's.
 The test is a hypothesis :class:`~hypothesis.stateful.RuleBasedStateMachine` (build the class
 with :func:`workflow_machine` to run it under pytest yourself). Each example starts one
 execution in a fresh :class:`~ledgerflow.testing.Harness` (``start(context)``), then sends it
-events, one rule per event the definition knows, named after it
-(``CreateInvoice(payload, role, fault)``, with a ``wait`` too when the workflow has timers),
-enabled in the states a transition leaves on that event, plus ``send(event, fault)`` for any
-event where no transition leaves the state. A client appends the event (a payload its schema
+events with one rule, ``send(event, fault)`` (with a ``wait`` too when the workflow has
+timers), printed as ``send(event=CreateInvoice(payload={...}, role='clerk'), fault=None)``: in
+a state some transition leaves, an event such a transition is on; in any other, any event the
+definition knows. A client appends the event (a payload its schema
 accepts, a role its transitions name), after ``wait`` seconds, and a worker processes it, with,
 or without, a ``fault``: the worker dies before or after an action's effect
 (:class:`~ledgerflow.testing.Crash`) or stalls past its lease
@@ -43,7 +43,6 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -195,7 +194,6 @@ def workflow_machine(
     compiled = _compiled(definition)
     checks = tuple(invariants)
     shared = plugins if plugins is not None else Plugins()
-    events = strategies.events(compiled, payloads=payloads)
     most_calls = max((2 * len(ct.steps) for ct in compiled.transitions), default=0)
     fault: st.SearchStrategy[Fault | None] = (
         strategies.faults(max_call=most_calls) if faults else st.none()
@@ -207,14 +205,38 @@ def workflow_machine(
     waits = st.one_of(st.just(0.0), strategies.clock_advances(compiled))
     faulty = fault.map(_Shown)
 
-    handled = frozenset(
-        state
+    # what the send rule draws in each state (see there): an event some transition leaving
+    # the state is on, but, as in swarm testing, each example first sets some events aside
+    # (drawn once, half of them on average), and draws from the others when any of the
+    # state's events is left, so that some examples send the same few events over and over
+    # (credit after credit, with no close) and go deeper than a uniform choice would
+    anything = strategies.events(compiled, payloads=payloads).map(_Sent)
+    known = sorted(compiled.known_events)
+    leaving = {
+        state: tuple(name for name in known if compiled.candidates(state, name))
         for state in compiled.workflow.states
-        if any(compiled.candidates(state, name) for name in compiled.known_events)
+    }
+    set_aside = st.shared(
+        st.lists(st.booleans(), min_size=len(known), max_size=len(known)).map(
+            lambda flags: frozenset(name for name, aside in zip(known, flags, strict=True) if aside)
+        ),
+        key=("ledgerflow events set aside", compiled.name, compiled.version),
     )
+    drawn_from: dict[tuple[str, ...], st.SearchStrategy[_Sent]] = {}
 
-    def payloads_of(name: str) -> st.SearchStrategy[dict[str, JSON]]:
-        return strategies.payloads(compiled, name, overrides=payloads)
+    def sendable(chosen: tuple[Any, frozenset[str]]) -> st.SearchStrategy[_Sent]:
+        machine, aside = chosen
+        names = leaving[machine.state_name]
+        if not names:
+            return anything
+        names = tuple(name for name in names if name not in aside) or names
+        if names not in drawn_from:
+            drawn_from[names] = strategies.events(compiled, names=names, payloads=payloads).map(
+                _Sent
+            )
+        return drawn_from[names]
+
+    choices = st.tuples(st.runner(), set_aside).flatmap(sendable)
 
     numbers = itertools.count(1)
 
@@ -279,13 +301,25 @@ def workflow_machine(
                 self.script.append(("start", dict(context), None, 0.0))
                 self.story.append(f"started with context {_short(dict(context))}")
 
-        # any event, where no transition leaves the current state (a finished execution,
-        # say): such events are rejected, and must change nothing
-        @precondition(lambda self: bool(self.execution_id) and self.state_name not in handled)
-        @rule(event=events.map(_Shown), fault=faulty)
-        def send(self, event: _Shown[Event], fault: _Shown[Fault | None]) -> None:
-            with self._reporting():
-                self._send(event.value, 0.0, fault.value)
+        # one rule sends every event: in a state some transition leaves, one of the events
+        # such a transition is on (with a payload its schema accepts and a role, permitted or
+        # not); in any other state (a finished execution, say), any event, which is rejected
+        # and must change nothing. One rule, not one per event: hypothesis's swarm testing
+        # switches rules off for a whole example, and an example whose state has every one of
+        # its events switched off is thrown away, work done and all
+        if timed:
+
+            @rule(event=choices, wait=waits, fault=faulty)
+            def send(self, event: _Sent, wait: float, fault: _Shown[Fault | None]) -> None:
+                with self._reporting():
+                    self._send(event.event, wait, fault.value)
+
+        else:
+
+            @rule(event=choices, fault=faulty)
+            def send(self, event: _Sent, fault: _Shown[Fault | None]) -> None:
+                with self._reporting():
+                    self._send(event.event, 0.0, fault.value)
 
         @invariant()
         def keeps_its_promises(self) -> None:
@@ -513,81 +547,21 @@ def workflow_machine(
                         ]
             return "\n".join(lines)
 
-    # a rule per event, enabled in the states a transition leaves on it: the events that can
-    # apply are drawn far more often than by chance, and a counterexample reads as a list of
-    # events (``state.CreateInvoice(payload=..., role='clerk', fault=None)``)
-    taken = set(dir(WorkflowMachine))
-    for name in sorted(compiled.known_events):
-        sources = frozenset(
-            state for state in compiled.workflow.states if compiled.candidates(state, name)
-        )
-        if not sources:
-            continue
-        method = _identifier(name)
-        if method in taken or method.startswith("_"):
-            method = f"event_{method}"
-        taken.add(method)
-        setattr(
-            WorkflowMachine,
-            method,
-            _event_rule(
-                name,
-                method,
-                sources,
-                payloads_of(name),
-                strategies.roles(compiled, name),
-                faulty,
-                waits if timed else None,
-            ),
-        )
     WorkflowMachine.__name__ = WorkflowMachine.__qualname__ = f"{_identifier(compiled.name)}Machine"
     return WorkflowMachine
 
 
-def _event_rule(
-    name: str,
-    method: str,
-    sources: frozenset[str],
-    payloads: st.SearchStrategy[dict[str, JSON]],
-    roles: st.SearchStrategy[str | None],
-    faults: st.SearchStrategy[_Shown[Fault | None]],
-    waits: st.SearchStrategy[float] | None,
-) -> Any:
-    """The rule that sends event ``name`` (after ``wait`` seconds, when the workflow has
-    timers), enabled while the execution is in one of ``sources``."""
+class _Sent:
+    """A drawn event, printed as what was sent: ``Submit(payload={'amount': 101},
+    role='employee')``."""
 
-    def enabled(machine: Any) -> bool:
-        return bool(machine.execution_id) and machine.state_name in sources
+    __slots__ = ("event",)
 
-    if waits is None:
+    def __init__(self, event: Event) -> None:
+        self.event = event
 
-        def send_event(
-            machine: Any, payload: _Shown[dict[str, JSON]], role: str | None, fault: _Shown[Any]
-        ) -> None:
-            with machine._reporting():
-                event = Event(name=name, payload=payload.value, role=role)
-                machine._send(event, 0.0, fault.value)
-
-        send_event.__name__ = send_event.__qualname__ = method
-        return precondition(enabled)(
-            rule(payload=payloads.map(_Shown), role=roles, fault=faults)(send_event)
-        )
-
-    def send_event_later(
-        machine: Any,
-        payload: _Shown[dict[str, JSON]],
-        role: str | None,
-        wait: float,
-        fault: _Shown[Any],
-    ) -> None:
-        with machine._reporting():
-            event = Event(name=name, payload=payload.value, role=role)
-            machine._send(event, wait, fault.value)
-
-    send_event_later.__name__ = send_event_later.__qualname__ = method
-    return precondition(enabled)(
-        rule(payload=payloads.map(_Shown), role=roles, wait=waits, fault=faults)(send_event_later)
-    )
+    def __repr__(self) -> str:
+        return f"{self.event.name}(payload={dict(self.event.payload)!r}, role={self.event.role!r})"
 
 
 class _Shown(Generic[T]):
