@@ -1008,7 +1008,9 @@ class SQLStore:
         marked pending and gets an outbox row. Returns the new event ids. ``published`` says
         the caller publishes the wake-ups itself once this commits (a broker transport's fast
         path): the outbox relay then leaves them alone unless they are still unhandled well
-        after (see :meth:`relay_claim`), instead of sending every young one a second time.
+        after (see :meth:`relay_claim`), instead of sending every young one a second time,
+        and, on PostgreSQL, no ``NOTIFY`` is sent for them (it wakes the database transport's
+        workers).
 
         A seq already taken raises :class:`sqlalchemy.exc.IntegrityError`: the optimistic
         concurrency check on ``(execution_id, seq)``.
@@ -1052,7 +1054,9 @@ class SQLStore:
             conn.execute(events.insert(), rows)
         if wakeups:
             conn.execute(outbox.insert(), wakeups)
-            if self.dialect == "postgresql":
+            if self.dialect == "postgresql" and not published:
+                # the database transport's idle workers LISTEN; a broker's are woken by the
+                # broker (and a NOTIFY would queue every notifying commit behind one lock)
                 conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, execution_id)))
         return [row["event_id"] for row in rows]
 
