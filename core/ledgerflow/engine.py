@@ -185,6 +185,10 @@ class Lease:
     ttl: float
 
 
+class _LeaseHeld(Exception):
+    """Raised inside the transaction that was to take a lease someone holds: it rolls back."""
+
+
 @attrs.frozen(kw_only=True)
 class Timer:
     """A timer of an execution: it fires ``event`` at ``due_at``. ``kind`` is ``state`` for a
@@ -964,17 +968,60 @@ class Engine:
         with tenant_scope(tenant), logs.bound(execution_id=execution_id, tenant=tenant):
             return self._process(execution_id, tenant, lease, should_stop, release_when_idle)
 
+    def take_and_process(
+        self,
+        execution_id: str,
+        *,
+        tenant: str,
+        owner: str,
+        ttl: float,
+        should_stop: Callable[[], bool] = lambda: False,
+        taken: Callable[[Lease], object] | None = None,
+    ) -> int | None:
+        """Take the execution's lease for ``owner`` (for ``ttl`` seconds) and process it as
+        :meth:`process` does with ``release_when_idle``; returns how many events were
+        processed, or ``None``, having written nothing, when someone holds the lease.
+
+        The lease is taken in the transaction that reads the execution, one transaction less
+        than :meth:`~ledgerflow.store.SQLStore.take_lease` then :meth:`process`. An execution
+        not there for ``tenant`` raises :class:`~ledgerflow.errors.ExecutionNotFoundError`
+        and leaves no lease behind. ``taken(lease)`` is called once the lease is held, before
+        any event is decided (a worker keeps renewing it from there); if processing raises
+        after that, the lease is still held.
+        """
+        with tenant_scope(tenant), logs.bound(execution_id=execution_id, tenant=tenant):
+            try:
+                return self._process(
+                    execution_id, tenant, None, should_stop, True, take=(owner, ttl, taken)
+                )
+            except _LeaseHeld:
+                return None
+
     def _process(
         self,
         execution_id: str,
         tenant: str,
-        lease: Lease,
+        lease: Lease | None,
         should_stop: Callable[[], bool],
         release_when_idle: bool,
+        *,
+        take: tuple[str, float, Callable[[Lease], object] | None] | None = None,
     ) -> int:
-        with self.store.read(tenant=tenant) as conn:
+        """Process under ``lease``, or under the lease ``take`` (owner, ttl, callback) takes
+        in the transaction that loads the execution (:class:`_LeaseHeld` if it is held)."""
+        with self.store.write(tenant=tenant) if take else self.store.read(tenant=tenant) as conn:
+            if take is not None:
+                owner, ttl, _ = take
+                try:
+                    token = self.store.take_lease_in(conn, execution_id, owner, ttl, tenant=tenant)
+                except sa.exc.IntegrityError:
+                    token = None  # another worker inserted it first (an upsert never does)
+                if token is None:
+                    raise _LeaseHeld
+                lease = Lease(owner=owner, token=token, ttl=ttl)
             row = self.store.execution_row(conn, execution_id, tenant)
             if row is None:
+                # raised inside the transaction: a lease taken in it is not kept
                 raise ExecutionNotFoundError(f"execution {execution_id} not found")
             after = min(row.decided_seq, row.projection_seq)
             tail = self.store.records(conn, execution_id, tenant, after=after)
@@ -985,6 +1032,9 @@ class Engine:
             ]
             # the results already recorded for the events to decide, read once for all of them
             recorded = self.store.action_results_for(conn, execution_id, undecided)
+        assert lease is not None
+        if take is not None and take[2] is not None:
+            take[2](lease)
         read_ahead = set(undecided)
         definition = self.definition(row.workflow, row.version)
         state = State(

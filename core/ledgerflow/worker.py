@@ -408,14 +408,10 @@ class Worker:
             # it are not held back
             self.broker.ack([delivery])
             return
-        token = self.store.take_lease(
-            wakeup.execution_id, self.id, self.lease_ttl, tenant=wakeup.tenant
-        )
-        if token is None:
-            # the holder acts on it: it looks for unhandled wake-ups before giving the lease up
-            self.broker.ack([delivery])
-            return
-        if self._run_leased(wakeup.execution_id, wakeup.tenant, token):
+        # the lease is taken as the execution is read; if someone holds it, the holder acts
+        # on the wake-up (it looks for new events in the commit that gives the lease up), and
+        # it is acknowledged here
+        if self._run_leased(wakeup.execution_id, wakeup.tenant, None):
             self.broker.ack([delivery])
 
     def _dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -510,41 +506,64 @@ class Worker:
                 return execution_id, tenant, token
         return None
 
-    def _run_leased(self, execution_id: str, tenant: str, token: int) -> bool:
-        """Process the execution under the lease until nothing is left, then give the lease up;
-        ``True`` when everything was committed, ``False`` when the execution is held back
-        after a failure (its lease kept for a growing pause)."""
-        settled = self._process_leased(execution_id, tenant, token)
+    def _run_leased(self, execution_id: str, tenant: str, token: int | None) -> bool:
+        """Process the execution under the lease (``token``; ``None``: one taken as the
+        execution is read) until nothing is left, then give the lease up; ``True`` when
+        everything was committed or someone else holds the lease, ``False`` when the execution
+        is held back after a failure (its lease kept for a growing pause)."""
+        settled, token = self._process_leased(execution_id, tenant, token)
         if settled is None:
-            return True  # nothing of it here for this tenant; the lease is given up
+            return True  # not here for this tenant, or held by another, who acts on it
         if not settled:
             return False
         # the engine gave the lease up in the commit that found nothing left, unless a stop
         # cut the processing short (giving it up again changes nothing)
-        if self._stopping.is_set():
+        if self._stopping.is_set() and token is not None:
             try:
                 self.store.release_lease(execution_id, self.id, token)
             except Exception as exc:  # the lease expires by itself
                 log.warning("worker %s: could not release %s: %s", self.id, execution_id, exc)
         return True
 
-    def _process_leased(self, execution_id: str, tenant: str, token: int) -> bool | None:
-        """Process under the lease: ``True`` when everything was committed, ``False`` when the
+    def _process_leased(
+        self, execution_id: str, tenant: str, token: int | None
+    ) -> tuple[bool | None, int | None]:
+        """Process under the lease ``token``, or one taken now (``None``), and say how it
+        went, with the token: ``True`` when everything was committed, ``False`` when the
         execution is held back after a failure, ``None`` when it is not there for ``tenant``
-        (the lease is given up already)."""
-        with self._lock:
-            self._held[execution_id] = token
+        (no lease is kept) or, with no ``token`` given, someone else holds the lease."""
+        held: list[int] = []
+
+        def hold(lease: Lease) -> None:
+            with self._lock:
+                self._held[execution_id] = lease.token
+            held.append(lease.token)
+
+        if token is not None:
+            hold(Lease(owner=self.id, token=token, ttl=self.lease_ttl))
         cooldown: float | None = None
         gone = False
         try:
             with logs.bound(execution_id=execution_id, tenant=tenant):
-                count = self.engine.process(
-                    execution_id,
-                    tenant=tenant,
-                    lease=Lease(owner=self.id, token=token, ttl=self.lease_ttl),
-                    should_stop=self._stopping.is_set,
-                    release_when_idle=True,
-                )
+                if token is not None:
+                    count: int | None = self.engine.process(
+                        execution_id,
+                        tenant=tenant,
+                        lease=Lease(owner=self.id, token=token, ttl=self.lease_ttl),
+                        should_stop=self._stopping.is_set,
+                        release_when_idle=True,
+                    )
+                else:
+                    count = self.engine.take_and_process(
+                        execution_id,
+                        tenant=tenant,
+                        owner=self.id,
+                        ttl=self.lease_ttl,
+                        should_stop=self._stopping.is_set,
+                        taken=hold,
+                    )
+            if count is None:
+                return None, None
             self._count(executions=1, events=count)
             with self._lock:
                 self._failures.pop(execution_id, None)
@@ -554,18 +573,22 @@ class Worker:
             log.warning("worker %s: %s", self.id, exc)
         except ExecutionNotFoundError as exc:
             # a wake-up naming an execution that is not there for its tenant (a forged or
-            # corrupt message): nothing to hold back; the lease goes at once, so the real
-            # execution's own wake-ups are not kept waiting
+            # corrupt message): nothing to hold back; a lease taken for it goes at once, so the
+            # real execution's own wake-ups are not kept waiting
             self._count(errors=1)
             log.warning(
                 "worker %s: wake-up for %s (tenant %s): %s", self.id, execution_id, tenant, exc
             )
-            try:
-                self.store.release_stray_lease(execution_id, self.id, token)
-            except Exception as release_error:  # the lease expires by itself
-                log.warning(
-                    "worker %s: could not release %s: %s", self.id, execution_id, release_error
-                )
+            if held:
+                try:
+                    self.store.release_stray_lease(execution_id, self.id, held[0])
+                except Exception as release_error:  # the lease expires by itself
+                    log.warning(
+                        "worker %s: could not release %s: %s",
+                        self.id,
+                        execution_id,
+                        release_error,
+                    )
             gone = True
         except (StoreUnavailableError, sa.exc.SQLAlchemyError):
             cooldown = self.poll_interval
@@ -601,14 +624,16 @@ class Worker:
         finally:
             with self._lock:
                 self._held.pop(execution_id, None)
-            if cooldown is not None:
+            if cooldown is not None and held:
                 try:
                     # parked: nobody works on it meanwhile, so it does not count towards its
                     # tenant's limit
-                    self.store.renew_lease(execution_id, self.id, token, cooldown, parked=True)
+                    self.store.renew_lease(execution_id, self.id, held[0], cooldown, parked=True)
                 except Exception as exc:  # the lease expires by itself
                     log.warning("worker %s: could not hold %s: %s", self.id, execution_id, exc)
-        return None if gone else cooldown is None
+        if gone:
+            return None, None
+        return cooldown is None, held[0] if held else None
 
     def _count(self, **increments: int) -> None:
         with self._lock:

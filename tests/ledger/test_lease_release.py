@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from apps import counting_app
 from ledgerflow.engine import Engine, Lease
+from ledgerflow.errors import ExecutionNotFoundError
 from ledgerflow.store import ALL_TENANTS
 
 TENANT = "acme"
@@ -178,3 +179,86 @@ def test_an_event_committed_as_the_last_commit_begins_is_not_left_behind(
     assert undecided(counting, x) == []
     assert hits_of(counting, x) == pending + 1
     assert counting.store.take_lease(x, "w2", 30) is not None
+
+
+def lease_row(engine: Engine, execution_id: str) -> tuple[str, int, float] | None:
+    with engine.store.read(tenant=ALL_TENANTS) as conn:
+        row = conn.execute(
+            sa.text("SELECT owner, token, expires_at FROM lf_leases WHERE execution_id = :x"),
+            {"x": execution_id},
+        ).first()
+    return None if row is None else (row.owner, int(row.token), float(row.expires_at))
+
+
+def test_take_and_process_takes_the_lease_as_it_reads_and_gives_it_up(counting: Engine) -> None:
+    x = counting.create_execution("Counting", tenant=TENANT)
+    hit(counting, x, 1)
+    hit(counting, x, 2)
+    seen: list[tuple[Lease, int]] = []
+
+    def taken(lease: Lease) -> None:
+        # held before any event is decided
+        seen.append((lease, hits_of(counting, x)))
+        row = lease_row(counting, x)
+        assert row is not None
+        assert row[:2] == (lease.owner, lease.token)
+        assert row[2] > 0
+
+    done = counting.take_and_process(x, tenant=TENANT, owner="w1", ttl=30, taken=taken)
+    assert done == 2
+    [(lease, hits_before)] = seen
+    assert (lease.owner, lease.ttl, hits_before) == ("w1", 30, 0)
+    assert undecided(counting, x) == []
+    assert hits_of(counting, x) == 2
+    assert counting.store.take_lease(x, "w2", 30) == lease.token + 1  # given up
+
+
+def test_take_and_process_writes_nothing_when_the_lease_is_held(counting: Engine) -> None:
+    x = counting.create_execution("Counting", tenant=TENANT)
+    hit(counting, x, 1)
+    token = counting.store.take_lease(x, "w1", 30)
+    before = lease_row(counting, x)
+    called: list[Lease] = []
+    taken = counting.take_and_process(x, tenant=TENANT, owner="w2", ttl=30, taken=called.append)
+    assert taken is None
+    assert called == []
+    assert before is not None
+    assert before[1] == token
+    assert lease_row(counting, x) == before
+    assert undecided(counting, x) != []
+
+
+def test_take_and_process_leaves_no_lease_for_an_execution_that_is_not_there(
+    counting: Engine,
+) -> None:
+    x = counting.create_execution("Counting", tenant=TENANT)
+    with pytest.raises(ExecutionNotFoundError):
+        counting.take_and_process(x, tenant="another", owner="w1", ttl=30)
+    with pytest.raises(ExecutionNotFoundError):
+        counting.take_and_process("x-nobody", tenant=TENANT, owner="w1", ttl=30)
+    assert lease_row(counting, x) is None
+    assert lease_row(counting, "x-nobody") is None
+
+
+def test_take_and_process_spends_one_transaction_less(counting: Engine) -> None:
+    commits: list[int] = []
+    sa.event.listen(counting.store.engine, "commit", lambda conn: commits.append(1))
+
+    def transactions(run: Callable[[str], object]) -> int:
+        x = counting.create_execution("Counting", tenant=TENANT)
+        hit(counting, x, 1)
+        commits.clear()
+        run(x)
+        assert undecided(counting, x) == []
+        return len(commits)
+
+    def separately(x: str) -> None:
+        token = counting.store.take_lease(x, "w1", 30)
+        assert token is not None
+        lease = Lease(owner="w1", token=token, ttl=30)
+        counting.process(x, tenant=TENANT, lease=lease, release_when_idle=True)
+
+    together = transactions(
+        lambda x: counting.take_and_process(x, tenant=TENANT, owner="w1", ttl=30)
+    )
+    assert together == transactions(separately) - 1

@@ -54,6 +54,10 @@ CROSS_TENANT_CALLS: dict[str, Callable[[Engine, str, str], Any]] = {
     "timers": lambda e, x, ev: e.timers(x, tenant=GLOBEX),
     "retry": lambda e, x, ev: e.retry(x, tenant=GLOBEX),
     "migrate": lambda e, x, ev: _migrated_or_not_found(e, x),
+    # a worker handed a wake-up naming another tenant: not found, and no lease left behind
+    "take_and_process": lambda e, x, ev: e.take_and_process(
+        x, tenant=GLOBEX, owner="w-globex", ttl=30
+    ),
 }
 
 

