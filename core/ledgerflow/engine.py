@@ -1271,9 +1271,10 @@ class Engine:
                 "event": event.name,
                 "state": before.name,
             },
-            # a step's transaction checks the lease (the event's commit renews it): steps
-            # running side by side do not queue on the lease row
-            fence=lambda conn: self.store.check_lease(conn, execution_id, lease.owner, lease.token),
+            # a step's result is recorded only while the lease is held, checked by the
+            # statement that records it (the event's commit renews the lease): steps running
+            # side by side share-lock the lease row, and do not queue on it
+            lease=(lease.owner, lease.token),
         )
 
     def _event_plan(

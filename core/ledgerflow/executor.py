@@ -94,6 +94,11 @@ class StepJob:
     fence: Callable[[sa.Connection], None] | None = None
     """Checks, inside a transaction, that the caller still holds the execution's lease; it
     raises :class:`~ledgerflow.errors.LeaseLostError` otherwise, and nothing commits."""
+    lease: tuple[str, int] | None = None
+    """The ``(owner, token)`` of the execution's lease the caller holds, instead of
+    ``fence``: a result is recorded only while it is held, checked by the very statement
+    that records it (one round trip less per step); otherwise
+    :class:`~ledgerflow.errors.LeaseLostError` is raised and nothing commits."""
     recorded: Mapping[str, JSON] | None = None
     """The results recorded under this job's keys, by key, if the caller read them (one query
     for the whole event, while holding the lease): a key found there is not read again, and a
@@ -593,9 +598,7 @@ class GraphRunner:
                 with self.store.action_write(action.isolation.value, tenant=job.tenant) as conn:
                     context = self._context(job, step, key, attempt, conn)
                     result = self._invoke(action, validated, context)
-                    if job.fence is not None:
-                        job.fence(conn)
-                    self.store.insert_action_result(conn, result=result, **record)
+                    self._insert_result(job, conn, result, record)
                 return result
             except sa.exc.IntegrityError:
                 # two runners raced on this key: the committed one is the result (and effect)
@@ -618,13 +621,26 @@ class GraphRunner:
         """Record a plain action's result; the first result recorded under a key wins."""
         try:
             with _store_errors(), self.store.write(tenant=job.tenant) as conn:
-                if job.fence is not None:
-                    job.fence(conn)
-                self.store.insert_action_result(conn, result=result, **record)
+                self._insert_result(job, conn, result, record)
         except sa.exc.IntegrityError:
             with _store_errors(), self.store.read(tenant=job.tenant) as conn:
                 _, result = self.store.action_result(conn, key)
         return result
+
+    def _insert_result(
+        self, job: StepJob, conn: sa.Connection, result: JSON, record: dict[str, Any]
+    ) -> None:
+        """Inside ``conn``'s transaction: record ``result`` if the caller still holds the
+        lease (:class:`~ledgerflow.errors.LeaseLostError` otherwise)."""
+        if job.lease is not None:
+            owner, token = job.lease
+            self.store.insert_action_result_fenced(
+                conn, owner=owner, token=token, result=result, **record
+            )
+            return
+        if job.fence is not None:
+            job.fence(conn)
+        self.store.insert_action_result(conn, result=result, **record)
 
     def _invoke(self, action: Action, params: Any, context: ActionContext) -> JSON:
         """One attempt of ``action``, through the plugins' ``ledgerflow_run_step`` wrappers."""

@@ -28,6 +28,8 @@ from ledgerflow.store import (
 )
 from ledgerflow.worker import Worker
 from support.cli import Cli
+from support.fenced_results import check_fenced_results
+from support.fenced_results import record as fenced_record
 
 ACME, GLOBEX = "acme", "globex"
 PG_ADMIN = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -489,3 +491,27 @@ def test_the_prerequisites_command_prints_what_a_superuser_runs(
     printed = Cli(pg_url)("db", "confine-prerequisites").stdout.splitlines()
     assert printed == [f"{statement};" for statement in confinement_prerequisites()]
     assert any("pg_cancel_backend" in line for line in printed)
+
+
+def test_a_confined_role_records_a_result_only_under_the_lease(confined: Engine) -> None:
+    """The statement that records a database action's result checks the lease through the
+    owner's function (a confined role may not read the leases), for its own tenant."""
+    check_fenced_results(
+        confined,
+        lambda tenant: confined.store.action_write("READ COMMITTED", tenant=tenant),
+    )
+
+
+def test_a_confined_role_acting_for_another_tenant_records_no_result(confined: Engine) -> None:
+    x = confined.create_execution("InvoiceApproval", tenant="acme")
+    token = confined.store.take_lease(x, "w1", 30, tenant="acme")
+    assert token is not None
+    with (
+        pytest.raises(LeaseLostError),
+        confined.store.action_write("READ COMMITTED", tenant="globex") as conn,
+    ):
+        confined.store.insert_action_result_fenced(
+            conn, owner="w1", token=token, **fenced_record("k1", x)
+        )
+    with confined.store.read(tenant=ALL_TENANTS) as conn:
+        assert confined.store.action_results_for(conn, x, ["ev-1"]) == {}

@@ -188,6 +188,59 @@ _CANCEL_TIMERS = (
 _CANCEL_STATE_TIMERS = _CANCEL_TIMERS.where(timers.c.kind == "state")
 _INSERT_EXECUTION = executions.insert()
 _INSERT_ACTION_RESULT = action_results.insert()
+_RESULT_COLUMNS = (
+    "key",
+    "tenant",
+    "execution_id",
+    "event_id",
+    "step_id",
+    "action",
+    "result",
+    "attempts",
+    "created_at",
+)
+
+
+def _fenced_result_insert(held: sa.ColumnElement[bool] | None, *, shared: bool) -> Any:
+    """``INSERT INTO lf_action_results … SELECT`` the bound values, from the row of the lease
+    the caller holds (share-locked if ``shared``), or where ``held`` (a confined session's
+    lease check) is true: nothing is inserted if the lease is not held."""
+    values = [
+        sa.bindparam(name, type_=action_results.c[name].type).label(name)
+        for name in _RESULT_COLUMNS
+    ]
+    if held is None:
+        source = sa.select(*values).where(
+            leases.c.execution_id == sa.bindparam("execution_id"),
+            leases.c.owner == sa.bindparam("owner"),
+            leases.c.token == sa.bindparam("token"),
+        )
+        if shared:
+            source = source.with_for_update(read=True)
+    else:
+        source = sa.select(*values).where(held)
+    # the row count of an INSERT is kept only when asked for
+    return (
+        action_results.insert()
+        .from_select(list(_RESULT_COLUMNS), source)
+        .execution_options(preserve_rowcount=True)
+    )
+
+
+_INSERT_FENCED_RESULT = _fenced_result_insert(None, shared=False)
+_INSERT_FENCED_RESULT_SHARED = _fenced_result_insert(None, shared=True)
+_INSERT_FENCED_RESULT_CONFINED = _fenced_result_insert(
+    sa.func.coalesce(
+        sa.func.lf_check_lease(
+            sa.bindparam("execution_id", type_=sa.Text),
+            sa.bindparam("owner", type_=sa.Text),
+            sa.bindparam("token", type_=sa.BigInteger),
+            type_=sa.Boolean,
+        ),
+        False,
+    ),
+    shared=False,
+)
 _CHECK_LEASE_CONFINED = sa.text("SELECT lf_check_lease(:execution_id, :owner, :token)")
 _MARK_HANDLED = (
     outbox.update()
@@ -1811,6 +1864,53 @@ class SQLStore:
                 "created_at": self.clock(),
             },
         )
+
+    def insert_action_result_fenced(
+        self,
+        conn: Connection,
+        *,
+        owner: str,
+        token: int,
+        key: str,
+        tenant: str,
+        execution_id: str,
+        event_id: str,
+        step_id: str,
+        action: str,
+        result: Any,
+        attempts: int,
+    ) -> None:
+        """:meth:`check_lease` and :meth:`insert_action_result` in one statement: record the
+        result only if ``owner`` still holds the execution's lease with ``token`` (the lease
+        row share-locked on PostgreSQL until the transaction ends, as there), else raise
+        :class:`LeaseLostError` and record nothing. A second record under the same key raises
+        :class:`sqlalchemy.exc.IntegrityError`."""
+        if self.action_engine is not None and conn.engine is self.action_engine:
+            statement = _INSERT_FENCED_RESULT_CONFINED
+        elif self.dialect == "postgresql":
+            statement = _INSERT_FENCED_RESULT_SHARED
+        else:
+            statement = _INSERT_FENCED_RESULT
+        inserted = conn.execute(
+            statement,
+            {
+                "owner": owner,
+                "token": token,
+                "key": key,
+                "tenant": tenant,
+                "execution_id": execution_id,
+                "event_id": event_id,
+                "step_id": step_id,
+                "action": action,
+                "result": result,
+                "attempts": attempts,
+                "created_at": self.clock(),
+            },
+        ).rowcount
+        if inserted != 1:
+            raise LeaseLostError(
+                f"execution {execution_id}: lease {token} of {owner} was taken over"
+            )
 
     # ----------------------------------------------------------------------------------------
     # Circuit breakers (the rules live in ledgerflow.breakers; each method here is one atomic
