@@ -559,20 +559,24 @@ class Engine:
                 started = machine.start(definition, context=dict(context or {}))
                 _require_json(started.context, "context")
                 state = machine.fold(definition, [started])
-                self.store.insert_execution(conn, new_id, tenant, state, started)
-                _arm_timers(self.store, conn, definition, new_id, tenant, started.seq, state)
                 if first is not None:
                     event = EventReceived(
                         seq=started.seq + 1, name=first.name, payload=first.payload, role=first.role
                     )
-                    (event_id,) = self.store.insert_records(
-                        conn,
-                        new_id,
-                        tenant,
-                        [event],
-                        client_key=first.key,
-                        published=self.broker != "database",  # _enqueued publishes it below
-                    )
+                # the execution and its first event (if any) in one write (one statement on
+                # PostgreSQL)
+                event_ids = self.store.insert_execution(
+                    conn,
+                    new_id,
+                    tenant,
+                    state,
+                    started,
+                    then=[event] if event is not None else [],
+                    client_key=first.key if first is not None else None,
+                    published=self.broker != "database",  # _enqueued publishes it below
+                )
+                event_id = event_ids[0] if event_ids else None
+                _arm_timers(self.store, conn, definition, new_id, tenant, started.seq, state)
         except sa.exc.IntegrityError as exc:
             if first is not None and first.key is not None and execution_id is not None:
                 with self.store.read(tenant=tenant) as conn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from ledgerflow.engine import Engine
 from ledgerflow.errors import InvalidEventError, InvalidInputError, WorkflowNotFoundError
@@ -95,3 +96,32 @@ def test_bad_input_to_start_writes_nothing(
     with pytest.raises(error, match=match):
         engine.start(call.pop("workflow"), call.pop("event"), **call)
     assert engine.store.row_counts() == before
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_on_postgresql_start_writes_in_one_statement(engine: Engine) -> None:
+    """The execution, its first two records and the event's wake-up: one INSERT statement
+    (data-modifying CTEs), whose rows are those create_execution then enqueue_event write."""
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(engine.store.engine, "before_cursor_execute", seen)
+    try:
+        x, event_id = engine.start(
+            "InvoiceApproval", "CreateInvoice", tenant=TENANT, role="clerk", payload=PAYLOAD
+        )
+    finally:
+        sa.event.remove(engine.store.engine, "before_cursor_execute", seen)
+    writes = [s for s in statements if s.startswith(("INSERT", "UPDATE", "WITH"))]
+    assert len(writes) == 1, writes
+    assert writes[0].startswith("WITH created AS (INSERT INTO lf_executions")
+    assert _records(engine, x) == [("execution_started", 1), ("event_received", 2)]
+    assert engine.event_status(event_id, tenant=TENANT).status == "pending"
+    with engine.store.read(tenant=TENANT) as conn:
+        wakeups = conn.execute(
+            sa.text("SELECT event_id, published_at FROM lf_outbox WHERE execution_id = :x"),
+            {"x": x},
+        ).all()
+    assert [(w.event_id, w.published_at) for w in wakeups] == [(event_id, None)]

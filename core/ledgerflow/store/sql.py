@@ -201,6 +201,40 @@ _RESULT_COLUMNS = (
 )
 
 
+def _appending(
+    rows: list[dict[str, Any]],
+    execution: dict[str, Any] | None,
+    wakeups: bool,
+    relayed_at: float | None,
+) -> Any:
+    """One PostgreSQL statement that inserts the ``execution`` row (if given), the ledger
+    ``rows`` and, if ``wakeups``, an outbox row for each appended ``event_received`` record
+    (``relayed_at`` as given): data-modifying CTEs, one round trip."""
+    appended = (
+        events.insert()
+        .values(rows)
+        .returning(events.c.execution_id, events.c.tenant, events.c.event_id, events.c.kind)
+        .cte("appended")
+    )
+    statement: Any
+    if wakeups:
+        statement = outbox.insert().from_select(
+            ["execution_id", "tenant", "event_id", "created_at", "relayed_at"],
+            sa.select(
+                appended.c.execution_id,
+                appended.c.tenant,
+                appended.c.event_id,
+                sa.bindparam("wakeup_created_at", rows[0]["created_at"], outbox.c.created_at.type),
+                sa.bindparam("wakeup_relayed_at", relayed_at, outbox.c.relayed_at.type),
+            ).where(appended.c.kind == "event_received"),
+        )
+    else:
+        statement = sa.select(sa.func.count()).select_from(appended)
+    if execution is not None:
+        statement = statement.add_cte(executions.insert().values(execution).cte("created"))
+    return statement
+
+
 def _fenced_result_insert(held: sa.ColumnElement[bool] | None, *, shared: bool) -> Any:
     """``INSERT INTO lf_action_results … SELECT`` the bound values, from the row of the lease
     the caller holds (share-locked if ``shared``), or where ``held`` (a confined session's
@@ -996,27 +1030,45 @@ class SQLStore:
     # ----------------------------------------------------------------------------------------
 
     def insert_execution(
-        self, conn: Connection, execution_id: str, tenant: str, state: State, started: Record
-    ) -> None:
-        """Create an execution: its projection and the first record of its ledger."""
+        self,
+        conn: Connection,
+        execution_id: str,
+        tenant: str,
+        state: State,
+        started: Record,
+        *,
+        then: Sequence[Record] = (),
+        client_key: str | None = None,
+        published: bool = False,
+    ) -> list[str]:
+        """Create an execution: its projection and the first record of its ledger, followed
+        by the records ``then`` (appended as :meth:`insert_records` appends them, with
+        ``client_key`` and ``published``); returns the event ids of ``then``. On PostgreSQL
+        it is one statement."""
         now = self.clock()
-        conn.execute(
-            _INSERT_EXECUTION,
-            {
-                "id": execution_id,
-                "tenant": tenant,
-                "workflow": state.workflow,
-                "version": state.version,
-                "state": state.name,
-                "context": dict(state.context),
-                "status": state.status.value,
-                "projection_seq": state.seq,
-                "decided_seq": state.decided_seq,
-                "created_at": now,
-                "updated_at": now,
-            },
+        execution = {
+            "id": execution_id,
+            "tenant": tenant,
+            "workflow": state.workflow,
+            "version": state.version,
+            "state": state.name,
+            "context": dict(state.context),
+            "status": state.status.value,
+            "projection_seq": state.seq,
+            "decided_seq": state.decided_seq,
+            "created_at": now,
+            "updated_at": now,
+        }
+        ids = self._insert_records(
+            conn,
+            execution_id,
+            tenant,
+            [started, *then],
+            client_key=client_key,
+            published=published,
+            execution=execution,
         )
-        self.insert_records(conn, execution_id, tenant, [started])
+        return ids[1:]
 
     def execution_row(self, conn: Connection, execution_id: str, tenant: str) -> Any:
         """The execution's row, or ``None`` if it does not exist for ``tenant``."""
@@ -1068,6 +1120,23 @@ class SQLStore:
         A seq already taken raises :class:`sqlalchemy.exc.IntegrityError`: the optimistic
         concurrency check on ``(execution_id, seq)``.
         """
+        return self._insert_records(
+            conn, execution_id, tenant, records, client_key=client_key, published=published
+        )
+
+    def _insert_records(
+        self,
+        conn: Connection,
+        execution_id: str,
+        tenant: str,
+        records: Sequence[Record],
+        *,
+        client_key: str | None,
+        published: bool,
+        execution: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """:meth:`insert_records`, after inserting the ``execution`` row if given: on
+        PostgreSQL, the execution, the records and their wake-ups in one statement."""
         now = self.clock()
         rows: list[dict[str, Any]] = []
         wakeups: list[dict[str, Any]] = []
@@ -1103,14 +1172,19 @@ class SQLStore:
                         "relayed_at": now if published else None,
                     }
                 )
-        if rows:
-            conn.execute(events.insert(), rows)
-        if wakeups:
-            conn.execute(outbox.insert(), wakeups)
-            if self.dialect == "postgresql" and not published:
-                # the database transport's idle workers LISTEN; a broker's are woken by the
-                # broker (and a NOTIFY would queue every notifying commit behind one lock)
-                conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, execution_id)))
+        if self.dialect == "postgresql" and (wakeups or execution is not None):
+            conn.execute(_appending(rows, execution, bool(wakeups), now if published else None))
+        else:
+            if execution is not None:
+                conn.execute(_INSERT_EXECUTION, execution)
+            if rows:
+                conn.execute(events.insert(), rows)
+            if wakeups:
+                conn.execute(outbox.insert(), wakeups)
+        if wakeups and self.dialect == "postgresql" and not published:
+            # the database transport's idle workers LISTEN; a broker's are woken by the
+            # broker (and a NOTIFY would queue every notifying commit behind one lock)
+            conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, execution_id)))
         return [row["event_id"] for row in rows]
 
     def records(
