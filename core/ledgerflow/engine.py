@@ -1143,8 +1143,9 @@ class Engine:
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
                 with self.store.write(tenant=tenant) as conn:
-                    self.store.fence(conn, execution_id, lease.owner, lease.token, lease.ttl)
-                    self.store.lock_execution(conn, execution_id)
+                    self.store.fence_and_lock(
+                        conn, execution_id, lease.owner, lease.token, lease.ttl
+                    )
                     arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
                     base = machine.fold(definition, [a.record for a in arrived], state)
                     new = plan.build(base.seq + 1)

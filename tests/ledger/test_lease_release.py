@@ -134,7 +134,11 @@ def strike_before_the_fence(engine: Engine, strike: Callable[[], None]) -> list[
             errors.append(exc)
 
     def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if struck or not statement.startswith("UPDATE lf_leases SET expires_at"):
+        # the renewal, alone or leading the statement that also locks the execution
+        renewal = statement.startswith(
+            ("UPDATE lf_leases SET expires_at", "WITH fenced AS \n(UPDATE lf_leases SET expires_at")
+        )
+        if struck or not renewal:
             return
         struck.append(True)
         thread = threading.Thread(target=run)

@@ -94,6 +94,22 @@ _LOCK_EXECUTION = (
     .where(executions.c.id == sa.bindparam("id"))
     .with_for_update(key_share=True)
 )
+_FENCED = (
+    leases.update()
+    .where(
+        leases.c.execution_id == sa.bindparam("key_execution_id"),
+        leases.c.owner == sa.bindparam("key_owner"),
+        leases.c.token == sa.bindparam("key_token"),
+    )
+    .values(expires_at=sa.bindparam("expires_at"))
+    .returning(leases.c.execution_id)
+    .cte("fenced")
+)
+_FENCE_AND_LOCK = (
+    sa.select(executions.c.id)
+    .join(_FENCED, _FENCED.c.execution_id == executions.c.id)
+    .with_for_update(key_share=True, of=executions)
+)
 _LAST_SEQ = sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)).where(
     events.c.execution_id == sa.bindparam("execution_id")
 )
@@ -1529,6 +1545,29 @@ class SQLStore:
             },
         ).rowcount
         if renewed != 1:
+            raise LeaseLostError(
+                f"execution {execution_id}: lease {token} of {owner} was taken over"
+            )
+
+    def fence_and_lock(
+        self, conn: Connection, execution_id: str, owner: str, token: int, ttl: float
+    ) -> None:
+        """:meth:`fence` then :meth:`lock_execution`, in that order: on PostgreSQL one
+        statement (the lease renewed, then the execution's row locked). Raises
+        :class:`LeaseLostError` if ``owner`` no longer holds the lease with ``token``."""
+        if self.dialect != "postgresql":
+            self.fence(conn, execution_id, owner, token, ttl)
+            return
+        locked = conn.execute(
+            _FENCE_AND_LOCK,
+            {
+                "key_execution_id": execution_id,
+                "key_owner": owner,
+                "key_token": token,
+                "expires_at": self.clock() + ttl,
+            },
+        ).first()
+        if locked is None:
             raise LeaseLostError(
                 f"execution {execution_id}: lease {token} of {owner} was taken over"
             )
