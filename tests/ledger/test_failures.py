@@ -67,10 +67,11 @@ def test_two_runners_racing_on_one_key_agree_and_the_effect_happens_once(countin
     runners = [GraphRunner(counting.store, counting.registry) for _ in range(2)]
     results: list[Any] = []
     barrier = threading.Barrier(2)
+    racing = job(counting, "x2")  # its execution made once, before the race
 
     def run(runner: GraphRunner) -> None:
         barrier.wait()
-        results.append(runner.run(job(counting, "x2")))
+        results.append(runner.run(racing))
 
     threads = [threading.Thread(target=run, args=(r,)) for r in runners]
     for thread in threads:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import secrets
 import time
@@ -178,6 +179,26 @@ def _take_lease_statement(insert: Callable[[sa.Table], Any]) -> Any:
     ).returning(leases.c.token)
 
 
+def _new_lease_statement(insert: Callable[[sa.Table], Any]) -> Any:
+    """A new lease row with token 1, or nothing if the execution has one already."""
+    return (
+        insert(leases)
+        .values(
+            execution_id=sa.bindparam("execution_id"),
+            owner=sa.bindparam("owner"),
+            token=1,
+            expires_at=sa.bindparam("expires_at"),
+            tenant=sa.bindparam("tenant", type_=leases.c.tenant.type),
+        )
+        .on_conflict_do_nothing(index_elements=[leases.c.execution_id])
+        .returning(leases.c.token)
+    )
+
+
+_INSERT_NEW_LEASE = {
+    "postgresql": _new_lease_statement(postgresql.insert),
+    "sqlite": _new_lease_statement(sqlite.insert),
+}
 _TAKE_LEASE = {
     "postgresql": _take_lease_statement(postgresql.insert),
     "sqlite": _take_lease_statement(sqlite.insert),
@@ -217,38 +238,51 @@ _RESULT_COLUMNS = (
 )
 
 
+@functools.lru_cache(maxsize=64)
 def _appending(
-    rows: list[dict[str, Any]],
-    execution: dict[str, Any] | None,
-    wakeups: bool,
-    relayed_at: float | None,
-) -> Any:
-    """One PostgreSQL statement that inserts the ``execution`` row (if given), the ledger
-    ``rows`` and, if ``wakeups``, an outbox row for each appended ``event_received`` record
-    (``relayed_at`` as given): data-modifying CTEs, one round trip."""
-    appended = (
-        events.insert()
-        .values(rows)
-        .returning(events.c.execution_id, events.c.tenant, events.c.event_id, events.c.kind)
-        .cte("appended")
+    columns: tuple[str, ...], count: int, execution: tuple[str, ...], wakeups: bool
+) -> sa.TextClause:
+    """One PostgreSQL statement that inserts an execution row (its ``execution`` columns,
+    if any; parameters ``x_<column>``), ``count`` ledger rows (their ``columns``;
+    parameters ``r<n>_<column>``) and, if ``wakeups``, an outbox row for each appended
+    ``event_received`` record (``wakeup_created_at``, ``wakeup_relayed_at``):
+    data-modifying CTEs, one round trip. Built once per shape, as text, so SQLAlchemy's
+    statement cache keeps it (it cannot cache such CTEs built from table objects)."""
+    typed = [*_typed_params(events, columns, [f"r{n}_" for n in range(count)])]
+    values = ", ".join("(" + ", ".join(f":r{n}_{c}" for c in columns) + ")" for n in range(count))
+    parts = []
+    if execution:
+        typed += _typed_params(executions, execution, ["x_"])
+        parts.append(
+            f"created AS (INSERT INTO lf_executions ({', '.join(execution)}) "
+            f"VALUES ({', '.join(f':x_{c}' for c in execution)}))"
+        )
+    parts.append(
+        f"appended AS (INSERT INTO lf_events ({', '.join(columns)}) VALUES {values} "
+        "RETURNING execution_id, tenant, event_id, kind)"
     )
-    statement: Any
     if wakeups:
-        statement = outbox.insert().from_select(
-            ["execution_id", "tenant", "event_id", "created_at", "relayed_at"],
-            sa.select(
-                appended.c.execution_id,
-                appended.c.tenant,
-                appended.c.event_id,
-                sa.bindparam("wakeup_created_at", rows[0]["created_at"], outbox.c.created_at.type),
-                sa.bindparam("wakeup_relayed_at", relayed_at, outbox.c.relayed_at.type),
-            ).where(appended.c.kind == "event_received"),
+        main = (
+            "INSERT INTO lf_outbox (execution_id, tenant, event_id, created_at, relayed_at) "
+            "SELECT execution_id, tenant, event_id, CAST(:wakeup_created_at AS DOUBLE PRECISION), "
+            "CAST(:wakeup_relayed_at AS DOUBLE PRECISION) FROM appended "
+            "WHERE kind = 'event_received'"
         )
     else:
-        statement = sa.select(sa.func.count()).select_from(appended)
-    if execution is not None:
-        statement = statement.add_cte(executions.insert().values(execution).cte("created"))
-    return statement
+        main = "SELECT count(*) FROM appended"
+    return sa.text(f"WITH {', '.join(parts)} {main}").bindparams(*typed)
+
+
+def _typed_params(
+    table: sa.Table, columns: Sequence[str], prefixes: Sequence[str]
+) -> list[sa.BindParameter[Any]]:
+    """The bind parameters ``<prefix><column>`` of ``table``'s ``columns``, typed as the
+    columns are (JSON serialised, and so on)."""
+    return [
+        sa.bindparam(f"{prefix}{column}", type_=table.c[column].type)
+        for prefix in prefixes
+        for column in columns
+    ]
 
 
 def _fenced_result_insert(held: sa.ColumnElement[bool] | None, *, shared: bool) -> Any:
@@ -1189,7 +1223,15 @@ class SQLStore:
                     }
                 )
         if self.dialect == "postgresql" and (wakeups or execution is not None):
-            conn.execute(_appending(rows, execution, bool(wakeups), now if published else None))
+            columns = tuple(rows[0])
+            params = {f"r{n}_{c}": row[c] for n, row in enumerate(rows) for c in columns}
+            if execution is not None:
+                params.update({f"x_{c}": value for c, value in execution.items()})
+            if wakeups:
+                params["wakeup_created_at"] = now
+                params["wakeup_relayed_at"] = now if published else None
+            statement = _appending(columns, len(rows), tuple(execution or ()), bool(wakeups))
+            conn.execute(statement, params)
         else:
             if execution is not None:
                 conn.execute(_INSERT_EXECUTION, execution)
@@ -1507,20 +1549,18 @@ class SQLStore:
             if exists is not None:
                 return None  # locked by someone else: busy
         if row is None:
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        leases.insert().values(
-                            execution_id=execution_id,
-                            owner=owner,
-                            token=1,
-                            expires_at=now + ttl,
-                            tenant=tenant,
-                        )
-                    )
-            except sa.exc.IntegrityError:
-                return None  # another worker inserted it first
-            return 1
+            # a new row, unless another worker inserted it first (no savepoint: a round trip
+            # each way saved)
+            inserted = conn.execute(
+                _INSERT_NEW_LEASE[self.dialect],
+                {
+                    "execution_id": execution_id,
+                    "owner": owner,
+                    "expires_at": now + ttl,
+                    "tenant": tenant,
+                },
+            ).first()
+            return None if inserted is None else 1
         if row.expires_at > now:
             return None
         token = int(row.token) + 1
