@@ -1143,8 +1143,8 @@ class Engine:
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
                 with self.store.write(tenant=tenant) as conn:
-                    self.store.fence_and_lock(
-                        conn, execution_id, lease.owner, lease.token, lease.ttl
+                    self.store.fence(
+                        conn, execution_id, lease.owner, lease.token, lease.ttl, lock=True
                     )
                     arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
                     base = machine.fold(definition, [a.record for a in arrived], state)

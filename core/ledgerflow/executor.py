@@ -632,15 +632,9 @@ class GraphRunner:
     ) -> None:
         """Inside ``conn``'s transaction: record ``result`` if the caller still holds the
         lease (:class:`~ledgerflow.errors.LeaseLostError` otherwise)."""
-        if job.lease is not None:
-            owner, token = job.lease
-            self.store.insert_action_result_fenced(
-                conn, owner=owner, token=token, result=result, **record
-            )
-            return
-        if job.fence is not None:
+        if job.lease is None and job.fence is not None:
             job.fence(conn)
-        self.store.insert_action_result(conn, result=result, **record)
+        self.store.insert_action_result(conn, result=result, lease=job.lease, **record)
 
     def _invoke(self, action: Action, params: Any, context: ActionContext) -> JSON:
         """One attempt of ``action``, through the plugins' ``ledgerflow_run_step`` wrappers."""

@@ -81,13 +81,7 @@ def test_an_event_that_arrives_meanwhile_is_processed_before_the_lease_goes(
             arrived.append(hit(counting, x, 2))
         return False
 
-    done = counting.process(
-        x,
-        tenant=TENANT,
-        lease=Lease(owner="w1", token=token, ttl=30),
-        should_stop=client_appends_once,
-        release_when_idle=True,
-    )
+    done = process_as_w1(counting, x, token, client_appends_once)
     assert done == 2
     assert undecided(counting, x) == []
     assert hits_of(counting, x) == 2
@@ -108,13 +102,7 @@ def test_a_stop_between_events_keeps_the_lease(counting: Engine) -> None:
         asked.append(True)
         return len(asked) > 1
 
-    done = counting.process(
-        x,
-        tenant=TENANT,
-        lease=Lease(owner="w1", token=token, ttl=30),
-        should_stop=stop_after_one,
-        release_when_idle=True,
-    )
+    done = process_as_w1(counting, x, token, stop_after_one)
     assert done == 1
     assert undecided(counting, x) != []
     assert counting.store.take_lease(x, "w2", 30) is None
@@ -183,6 +171,19 @@ def test_an_event_committed_as_the_last_commit_begins_is_not_left_behind(
     assert undecided(counting, x) == []
     assert hits_of(counting, x) == pending + 1
     assert counting.store.take_lease(x, "w2", 30) is not None
+
+
+def process_as_w1(
+    engine: Engine, execution_id: str, token: int, should_stop: Callable[[], bool]
+) -> int:
+    """``w1`` processes the execution under its lease ``token``, giving it up when idle."""
+    return engine.process(
+        execution_id,
+        tenant=TENANT,
+        lease=Lease(owner="w1", token=token, ttl=30),
+        should_stop=should_stop,
+        release_when_idle=True,
+    )
 
 
 def lease_row(engine: Engine, execution_id: str) -> tuple[str, int, float] | None:

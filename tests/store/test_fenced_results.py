@@ -1,5 +1,5 @@
 """An action's result is recorded only while the caller holds the execution's lease, checked
-by the statement that records it (SQLStore.insert_action_result_fenced), on SQLite and on
+by the statement that records it (SQLStore.insert_action_result with a lease), on SQLite and on
 PostgreSQL; tests/tenants checks it as a confined role too."""
 
 from __future__ import annotations

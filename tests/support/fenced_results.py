@@ -1,4 +1,4 @@
-"""The contract of SQLStore.insert_action_result_fenced, for the store's own tests and the
+"""The contract of SQLStore.insert_action_result with a lease, for the store's own tests and the
 confined role's: a result is recorded only while the caller holds the execution's lease."""
 
 from __future__ import annotations
@@ -44,24 +44,22 @@ def check_fenced_results(
     token = engine.store.take_lease(x, "w1", 30, tenant=TENANT)
     assert token is not None
     with write(TENANT) as conn:
-        engine.store.insert_action_result_fenced(conn, owner="w1", token=token, **record("k1", x))
+        engine.store.insert_action_result(conn, lease=("w1", token), **record("k1", x))
     assert results(engine, x) == [("k1", {"paid": 120.5, "note": "ü"})]
 
     # another owner, or a stale token: nothing recorded, and the transaction refused
     for owner, stale in (("w2", token), ("w1", token - 1)):
         with pytest.raises(LeaseLostError), write(TENANT) as conn:
-            engine.store.insert_action_result_fenced(
-                conn, owner=owner, token=stale, **record("k2", x)
-            )
+            engine.store.insert_action_result(conn, lease=(owner, stale), **record("k2", x))
     assert [key for key, _ in results(engine, x)] == ["k1"]
 
     # the key is unique: a second record under it is refused as a duplicate
     with pytest.raises(sa.exc.IntegrityError), write(TENANT) as conn:
-        engine.store.insert_action_result_fenced(conn, owner="w1", token=token, **record("k1", x))
+        engine.store.insert_action_result(conn, lease=("w1", token), **record("k1", x))
 
     # a lease taken over by another worker: the first holder records nothing
     engine.store.release_lease(x, "w1", token)
     assert engine.store.take_lease(x, "w2", 30, tenant=TENANT) == token + 1
     with pytest.raises(LeaseLostError), write(TENANT) as conn:
-        engine.store.insert_action_result_fenced(conn, owner="w1", token=token, **record("k3", x))
+        engine.store.insert_action_result(conn, lease=("w1", token), **record("k3", x))
     assert [key for key, _ in results(engine, x)] == ["k1"]

@@ -95,22 +95,6 @@ _LOCK_EXECUTION = (
     .where(executions.c.id == sa.bindparam("id"))
     .with_for_update(key_share=True)
 )
-_FENCED = (
-    leases.update()
-    .where(
-        leases.c.execution_id == sa.bindparam("key_execution_id"),
-        leases.c.owner == sa.bindparam("key_owner"),
-        leases.c.token == sa.bindparam("key_token"),
-    )
-    .values(expires_at=sa.bindparam("expires_at"))
-    .returning(leases.c.execution_id)
-    .cte("fenced")
-)
-_FENCE_AND_LOCK = (
-    sa.select(executions.c.id)
-    .join(_FENCED, _FENCED.c.execution_id == executions.c.id)
-    .with_for_update(key_share=True, of=executions)
-)
 _LAST_SEQ = sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)).where(
     events.c.execution_id == sa.bindparam("execution_id")
 )
@@ -148,6 +132,13 @@ _FENCE = (
         leases.c.token == sa.bindparam("key_token"),
     )
     .values(expires_at=sa.bindparam("expires_at"))
+)
+_FENCED = _FENCE.returning(leases.c.execution_id).cte("fenced")
+# the lease renewed (its row locked) first, then the execution's row locked
+_FENCE_AND_LOCK = (
+    sa.select(executions.c.id)
+    .join(_FENCED, _FENCED.c.execution_id == executions.c.id)
+    .with_for_update(key_share=True, of=executions)
 )
 _CHECK_LEASE = sa.select(leases.c.token).where(
     leases.c.execution_id == sa.bindparam("execution_id"),
@@ -283,6 +274,11 @@ def _typed_params(
         for prefix in prefixes
         for column in columns
     ]
+
+
+def _lease_lost(execution_id: str, owner: str, token: int) -> LeaseLostError:
+    """The error of a worker whose lease on ``execution_id`` was taken over."""
+    return LeaseLostError(f"execution {execution_id}: lease {token} of {owner} was taken over")
 
 
 def _fenced_result_insert(held: sa.ColumnElement[bool] | None, *, shared: bool) -> Any:
@@ -1571,46 +1567,31 @@ class SQLStore:
         return token
 
     def fence(
-        self, conn: Connection, execution_id: str, owner: str, token: int, ttl: float
+        self,
+        conn: Connection,
+        execution_id: str,
+        owner: str,
+        token: int,
+        ttl: float,
+        *,
+        lock: bool = False,
     ) -> None:
         """Inside a write transaction: renew the lease, or raise :class:`LeaseLostError` if
-        ``owner`` no longer holds it with ``token``. Every commit of a worker passes here."""
-        renewed = conn.execute(
-            _FENCE,
-            {
-                "key_execution_id": execution_id,
-                "key_owner": owner,
-                "key_token": token,
-                "expires_at": self.clock() + ttl,
-            },
-        ).rowcount
-        if renewed != 1:
-            raise LeaseLostError(
-                f"execution {execution_id}: lease {token} of {owner} was taken over"
-            )
-
-    def fence_and_lock(
-        self, conn: Connection, execution_id: str, owner: str, token: int, ttl: float
-    ) -> None:
-        """:meth:`fence` then :meth:`lock_execution`, in that order: on PostgreSQL one
-        statement (the lease renewed, then the execution's row locked). Raises
-        :class:`LeaseLostError` if ``owner`` no longer holds the lease with ``token``."""
-        if self.dialect != "postgresql":
-            self.fence(conn, execution_id, owner, token, ttl)
-            return
-        locked = conn.execute(
-            _FENCE_AND_LOCK,
-            {
-                "key_execution_id": execution_id,
-                "key_owner": owner,
-                "key_token": token,
-                "expires_at": self.clock() + ttl,
-            },
-        ).first()
-        if locked is None:
-            raise LeaseLostError(
-                f"execution {execution_id}: lease {token} of {owner} was taken over"
-            )
+        ``owner`` no longer holds it with ``token``. Every commit of a worker passes here.
+        With ``lock``, then :meth:`lock_execution`: on PostgreSQL in the same statement (the
+        lease renewed, its row locked, then the execution's row locked)."""
+        params = {
+            "key_execution_id": execution_id,
+            "key_owner": owner,
+            "key_token": token,
+            "expires_at": self.clock() + ttl,
+        }
+        if lock and self.dialect == "postgresql":
+            held = conn.execute(_FENCE_AND_LOCK, params).first() is not None
+        else:
+            held = conn.execute(_FENCE, params).rowcount == 1
+        if not held:
+            raise _lease_lost(execution_id, owner, token)
 
     def check_lease(self, conn: Connection, execution_id: str, owner: str, token: int) -> None:
         """Inside a write transaction: raise :class:`LeaseLostError` unless ``owner`` holds
@@ -1630,9 +1611,7 @@ class SQLStore:
                 query, {"execution_id": execution_id, "owner": owner, "token": token}
             ).first()
         if held is None:
-            raise LeaseLostError(
-                f"execution {execution_id}: lease {token} of {owner} was taken over"
-            )
+            raise _lease_lost(execution_id, owner, token)
 
     def renew_lease(
         self, execution_id: str, owner: str, token: int, ttl: float, *, parked: bool = False
@@ -2000,70 +1979,39 @@ class SQLStore:
         action: str,
         result: Any,
         attempts: int,
+        lease: tuple[str, int] | None = None,
     ) -> None:
         """Record an action's result under its idempotency key. A second record under the same
-        key raises :class:`sqlalchemy.exc.IntegrityError`: the key is unique."""
-        conn.execute(
-            _INSERT_ACTION_RESULT,
-            {
-                "key": key,
-                "tenant": tenant,
-                "execution_id": execution_id,
-                "event_id": event_id,
-                "step_id": step_id,
-                "action": action,
-                "result": result,
-                "attempts": attempts,
-                "created_at": self.clock(),
-            },
-        )
+        key raises :class:`sqlalchemy.exc.IntegrityError`: the key is unique.
 
-    def insert_action_result_fenced(
-        self,
-        conn: Connection,
-        *,
-        owner: str,
-        token: int,
-        key: str,
-        tenant: str,
-        execution_id: str,
-        event_id: str,
-        step_id: str,
-        action: str,
-        result: Any,
-        attempts: int,
-    ) -> None:
-        """:meth:`check_lease` and :meth:`insert_action_result` in one statement: record the
-        result only if ``owner`` still holds the execution's lease with ``token`` (the lease
-        row share-locked on PostgreSQL until the transaction ends, as there), else raise
-        :class:`LeaseLostError` and record nothing. A second record under the same key raises
-        :class:`sqlalchemy.exc.IntegrityError`."""
+        With ``lease`` (``(owner, token)``), :meth:`check_lease` is part of the same
+        statement: the result is recorded only if ``owner`` still holds the execution's lease
+        with ``token`` (its row share-locked on PostgreSQL until the transaction ends, as
+        there), else :class:`LeaseLostError` is raised and nothing is recorded."""
+        params = {
+            "key": key,
+            "tenant": tenant,
+            "execution_id": execution_id,
+            "event_id": event_id,
+            "step_id": step_id,
+            "action": action,
+            "result": result,
+            "attempts": attempts,
+            "created_at": self.clock(),
+        }
+        if lease is None:
+            conn.execute(_INSERT_ACTION_RESULT, params)
+            return
+        owner, token = lease
         if self.action_engine is not None and conn.engine is self.action_engine:
             statement = _INSERT_FENCED_RESULT_CONFINED
         elif self.dialect == "postgresql":
             statement = _INSERT_FENCED_RESULT_SHARED
         else:
             statement = _INSERT_FENCED_RESULT
-        inserted = conn.execute(
-            statement,
-            {
-                "owner": owner,
-                "token": token,
-                "key": key,
-                "tenant": tenant,
-                "execution_id": execution_id,
-                "event_id": event_id,
-                "step_id": step_id,
-                "action": action,
-                "result": result,
-                "attempts": attempts,
-                "created_at": self.clock(),
-            },
-        ).rowcount
+        inserted = conn.execute(statement, {**params, "owner": owner, "token": token}).rowcount
         if inserted != 1:
-            raise LeaseLostError(
-                f"execution {execution_id}: lease {token} of {owner} was taken over"
-            )
+            raise _lease_lost(execution_id, owner, token)
 
     # ----------------------------------------------------------------------------------------
     # Circuit breakers (the rules live in ledgerflow.breakers; each method here is one atomic
