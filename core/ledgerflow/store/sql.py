@@ -229,7 +229,13 @@ _RESULT_COLUMNS = (
 )
 
 
-@functools.lru_cache(maxsize=64)
+_APPEND_IN_ONE_STATEMENT = 16
+"""The most ledger rows :func:`_appending` writes in one statement (a client's append is one
+or two; more go by ``executemany``: a statement takes at most 65,535 parameters, and each
+shape is a statement of its own)."""
+
+
+@functools.lru_cache(maxsize=2 * _APPEND_IN_ONE_STATEMENT)
 def _appending(
     columns: tuple[str, ...], count: int, execution: tuple[str, ...], wakeups: bool
 ) -> sa.TextClause:
@@ -1218,7 +1224,11 @@ class SQLStore:
                         "relayed_at": now if published else None,
                     }
                 )
-        if self.dialect == "postgresql" and (wakeups or execution is not None):
+        if (
+            self.dialect == "postgresql"
+            and (wakeups or execution is not None)
+            and len(rows) <= _APPEND_IN_ONE_STATEMENT
+        ):
             columns = tuple(rows[0])
             params = {f"r{n}_{c}": row[c] for n, row in enumerate(rows) for c in columns}
             if execution is not None:

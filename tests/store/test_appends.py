@@ -1,0 +1,72 @@
+"""Appends of any size: a few records (with their wake-ups) go in one statement on PostgreSQL,
+thousands by executemany (a statement takes at most 65,535 parameters); either way every
+record is in the ledger and every event_received has its one wake-up."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from ledgerflow.engine import Engine
+from ledgerflow.model import EventReceived, ExecutionStarted, Record, State, Status
+from ledgerflow.store import ALL_TENANTS
+from support.executions import ensure_execution
+
+TENANT = "acme"
+
+
+def ledger(engine: Engine, execution_id: str) -> tuple[list[tuple[int, str]], list[str]]:
+    """The execution's ``(seq, kind)`` records and the event ids its wake-ups name."""
+    with engine.store.read(tenant=ALL_TENANTS) as conn:
+        records = conn.execute(
+            sa.text("SELECT seq, kind FROM lf_events WHERE execution_id = :x ORDER BY seq"),
+            {"x": execution_id},
+        ).all()
+        wakeups = conn.execute(
+            sa.text("SELECT event_id FROM lf_outbox WHERE execution_id = :x ORDER BY id"),
+            {"x": execution_id},
+        ).scalars()
+        return [(r.seq, r.kind) for r in records], list(wakeups)
+
+
+@pytest.mark.parametrize("count", [1, 2, 16, 17, 5_000])
+def test_appends_of_any_size_keep_every_record_and_wakeup(engine: Engine, count: int) -> None:
+    x = f"x-{count}"
+    ensure_execution(engine.store, x, TENANT, "InvoiceApproval")
+    records: list[Record] = [
+        EventReceived(seq=2 + n, name="CreateInvoice", payload={"n": n}, role="clerk")
+        for n in range(count)
+    ]
+    with engine.store.write(tenant=TENANT) as conn:
+        ids = engine.store.insert_records(conn, x, TENANT, records, published=True)
+    found, wakeups = ledger(engine, x)
+    assert found == [(2 + n, "event_received") for n in range(count)]
+    assert wakeups == ids
+    assert len(set(ids)) == count
+
+
+@pytest.mark.parametrize("then", [0, 1, 40])
+def test_a_new_execution_and_its_first_records(engine: Engine, then: int) -> None:
+    x = f"x-new-{then}"
+    started = ExecutionStarted(seq=1, workflow="InvoiceApproval", version=1, context={})
+    state = State(
+        workflow="InvoiceApproval",
+        version=1,
+        name="draft",
+        context={},
+        status=Status.ACTIVE,
+        seq=1,
+        decided_seq=1,
+    )
+    following = [
+        EventReceived(seq=2 + n, name="CreateInvoice", payload={"n": n}, role="clerk")
+        for n in range(then)
+    ]
+    with engine.store.write(tenant=TENANT) as conn:
+        ids = engine.store.insert_execution(
+            conn, x, TENANT, state, started, then=following, client_key=None
+        )
+    found, wakeups = ledger(engine, x)
+    assert found == [(1, "execution_started")] + [(2 + n, "event_received") for n in range(then)]
+    assert wakeups == ids
+    assert engine.get_execution(x, tenant=TENANT).state == "draft"
