@@ -623,17 +623,30 @@ class Worker:
             )
         finally:
             with self._lock:
-                self._held.pop(execution_id, None)
-            if cooldown is not None and held:
-                try:
-                    # parked: nobody works on it meanwhile, so it does not count towards its
-                    # tenant's limit
-                    self.store.renew_lease(execution_id, self.id, held[0], cooldown, parked=True)
-                except Exception as exc:  # the lease expires by itself
-                    log.warning("worker %s: could not hold %s: %s", self.id, execution_id, exc)
+                # only this thread's own entry: another thread of this worker may hold the
+                # execution (this one found its lease held), or have taken it since this one
+                # gave it up in its last commit
+                if held and self._held.get(execution_id) == held[0]:
+                    del self._held[execution_id]
+            if cooldown is not None:
+                self._park(execution_id, held[0] if held else None, cooldown)
         if gone:
             return None, None
         return cooldown is None, held[0] if held else None
+
+    def _park(self, execution_id: str, token: int | None, cooldown: float) -> None:
+        """Hold the execution back for ``cooldown`` seconds after a failure: its lease kept
+        (``token``), or, when the failure came before the lease was held (the transaction
+        that takes it with the execution's read failed), a lease taken for it now. Parked,
+        nobody works on it meanwhile, so it does not count towards its tenant's limit."""
+        try:
+            if token is None:
+                token = self.store.take_lease(execution_id, self.id, cooldown)
+                if token is None:
+                    return  # someone else holds it: theirs to act on
+            self.store.renew_lease(execution_id, self.id, token, cooldown, parked=True)
+        except Exception as exc:  # the lease expires by itself
+            log.warning("worker %s: could not hold %s: %s", self.id, execution_id, exc)
 
     def _count(self, **increments: int) -> None:
         with self._lock:

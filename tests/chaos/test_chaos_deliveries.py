@@ -42,7 +42,8 @@ def test_duplicate_and_out_of_order_wakeups_change_nothing(
         nonlocal injected
         try:
             while not done.is_set() and injected < 4 * run.events:
-                known = [(e, x) for e, x in list(load.hits.items())]
+                # a copy taken at once: the clients add to it meanwhile
+                known = list(load.hits.copy().items())
                 if not known:
                     time.sleep(0.05)
                     continue

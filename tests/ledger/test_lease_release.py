@@ -15,6 +15,7 @@ from apps import counting_app
 from ledgerflow.engine import Engine, Lease
 from ledgerflow.errors import ExecutionNotFoundError
 from ledgerflow.store import ALL_TENANTS
+from ledgerflow.worker import Worker
 
 TENANT = "acme"
 
@@ -267,3 +268,43 @@ def test_take_and_process_spends_one_transaction_less(counting: Engine) -> None:
         lambda x: counting.take_and_process(x, tenant=TENANT, owner="w1", ttl=30)
     )
     assert together == transactions(separately) - 1
+
+
+def test_a_thread_that_finds_the_lease_held_leaves_the_holders_renewal_alone(
+    counting: Engine,
+) -> None:
+    """Two threads of one worker handed wake-ups of one execution: the one that finds the lease
+    held (by its sibling) must not drop the sibling's lease from the renewer's list."""
+    x = counting.create_execution("Counting", tenant=TENANT)
+    hit(counting, x, 1)
+    worker = Worker(counting, concurrency=2)
+    token = counting.store.take_lease(x, worker.id, 30)
+    assert token is not None
+    worker._held[x] = token  # the sibling thread, at work on x
+    assert worker._run_leased(x, TENANT, None)  # held: acknowledged, nothing done here
+    assert worker._held == {x: token}
+    assert undecided(counting, x) != []
+
+
+def test_a_failure_before_the_lease_is_held_parks_the_execution(
+    counting: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction that takes the lease with the execution's read fails (it rolls back,
+    lease and all): the worker still holds the execution back for its pause, as it does after
+    a failure under the lease, instead of every wake-up retrying it at once."""
+    x = counting.create_execution("Counting", tenant=TENANT)
+    hit(counting, x, 1)
+    worker = Worker(counting, concurrency=1)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the ledger could not be read")
+
+    monkeypatch.setattr(counting.store, "records", broken)
+    assert worker._run_leased(x, TENANT, None) is False  # not acknowledged
+    monkeypatch.undo()
+    assert worker._failures == {x: 1}
+    assert counting.store.take_lease(x, "w2", 30) is None  # parked for the pause
+    row = lease_row(counting, x)
+    assert row is not None
+    assert row[0] == worker.id
+    assert worker._held == {}
