@@ -1,5 +1,5 @@
-"""The store's side of broker transports: the outbox relay's claims, giving a lease up only when
-no wake-up is left, dead letters and worker heartbeats, and the commands that show them."""
+"""The store's side of broker transports: the outbox relay's claims, dead letters and worker
+heartbeats, and the commands that show them."""
 
 from __future__ import annotations
 
@@ -17,25 +17,6 @@ from ledgerflow.worker import Worker
 
 TENANT = "acme"
 PAYLOAD = {"invoice": {"id": "INV-1", "total": 120, "customer_id": "C-1"}}
-
-
-def test_a_lease_is_kept_while_a_wakeup_is_unhandled(engine: Engine) -> None:
-    execution_id = engine.create_execution("InvoiceApproval", tenant=TENANT)
-    token = engine.store.take_lease(execution_id, "w1", 30)
-    assert token is not None
-    assert engine.store.release_lease_if_idle(execution_id, "w1", token, 30)
-    assert engine.store.take_lease(execution_id, "w2", 30) is not None  # it was given up
-
-    other = engine.create_execution("InvoiceApproval", tenant=TENANT)
-    token = engine.store.take_lease(other, "w1", 30)
-    assert token is not None
-    # an event commits while w1 holds the lease; w2, handed its wake-up, finds the lease held
-    engine.enqueue_event(other, "CreateInvoice", tenant=TENANT, role="clerk", payload=PAYLOAD)
-    assert engine.store.take_lease(other, "w2", 30) is None
-    # so w1 may not give the lease up: it goes on and processes the event
-    assert not engine.store.release_lease_if_idle(other, "w1", token, 30)
-    assert engine.store.take_lease(other, "w2", 30) is None
-    assert engine.store.renew_lease(other, "w1", token, 30)
 
 
 def test_a_lease_given_up_is_never_renewed_back(engine: Engine) -> None:

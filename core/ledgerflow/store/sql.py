@@ -1530,7 +1530,7 @@ class SQLStore:
         instead of being waited for: waiting could deadlock with a commit that holds the
         lease and waits for those outbox rows. Without it the call waits, so a worker handed
         a wake-up sees the lease either still held or given up (see
-        :meth:`release_lease_if_idle`)."""
+        :meth:`ledgerflow.engine.Engine.process` with ``release_when_idle``)."""
         if not skip_locked:
             # one statement: a new row, or the free (or expired) one taken over, else nothing
             taken = conn.execute(
@@ -1663,35 +1663,6 @@ class SQLStore:
         """Inside a write transaction that renewed the lease first (:meth:`fence`): give it up
         when the transaction commits (as :meth:`release_lease` does)."""
         conn.execute(_RELEASE_LEASE, _held_params(execution_id, owner, token))
-
-    def release_lease_if_idle(self, execution_id: str, owner: str, token: int, ttl: float) -> bool:
-        """Give the lease up unless a wake-up of the execution is still unhandled, in which
-        case the lease is kept (renewed for ``ttl``) and ``False`` returned: the holder goes on.
-
-        The lease is written before the outbox is read, in one transaction: a worker that was
-        handed a wake-up and found the lease held either saw it held before this transaction
-        (and then this read sees its event), or waits for it and takes the lease. So a wake-up
-        acknowledged because another worker held the execution is never left behind.
-        """
-        with self.write(tenant=ALL_TENANTS) as conn:
-            released = conn.execute(
-                _RELEASE_LEASE, _held_params(execution_id, owner, token)
-            ).rowcount
-            if not released:
-                return True  # not ours any more: nothing to give up
-            unhandled = conn.execute(
-                sa.select(outbox.c.id)
-                .where(outbox.c.execution_id == execution_id, outbox.c.published_at.is_(None))
-                .limit(1)
-            ).first()
-            if unhandled is None:
-                return True
-            conn.execute(
-                leases.update()
-                .where(leases.c.execution_id == execution_id, leases.c.token == token)
-                .values(expires_at=self.clock() + ttl)
-            )
-            return False
 
     # ----------------------------------------------------------------------------------------
     # Timers
