@@ -36,7 +36,7 @@ from ledgerflow.errors import (
     first_line,
 )
 from ledgerflow.model import Record, State
-from ledgerflow.store import codec
+from ledgerflow.store import codec, direct
 from ledgerflow.store.schema import (
     action_results,
     circuit_breakers,
@@ -77,8 +77,8 @@ _TENANT_SCOPE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 _SET_TENANT = sa.text("SELECT set_config('ledgerflow.tenant', :tenant, true)")
 _SET_SEALED_TENANT = sa.text(
-    "SELECT set_config('ledgerflow.tenant', :tenant, true), "
-    "set_config('ledgerflow.tenant_seal', :seal, true)"
+    "SELECT set_config('ledgerflow.tenant', :tenant, true) AS tenant, "
+    "set_config('ledgerflow.tenant_seal', :seal, true) AS seal"
 )
 
 
@@ -200,6 +200,12 @@ _HELD_LEASE = sa.and_(
     leases.c.token == sa.bindparam("key_token"),
 )
 _RELEASE_LEASE = leases.update().where(_HELD_LEASE).values(expires_at=0.0)
+_RENEW_LEASE = (
+    leases.update()
+    .where(_HELD_LEASE, leases.c.expires_at > 0)
+    .values(expires_at=sa.bindparam("expires_at"))
+)
+_RENEW_PARKED_LEASE = _RENEW_LEASE.values(tenant=None)
 _SNAPSHOT_STATES = (
     sa.select(snapshots.c.state)
     .where(
@@ -215,6 +221,10 @@ _CANCEL_TIMERS = (
 )
 _CANCEL_STATE_TIMERS = _CANCEL_TIMERS.where(timers.c.kind == "state")
 _INSERT_EXECUTION = executions.insert()
+_INSERT_EVENTS = events.insert()
+_INSERT_WAKEUPS = outbox.insert()
+_INSERT_TIMERS = timers.insert()
+_NOTIFY = sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, sa.bindparam("execution_id", type_=sa.Text)))
 _INSERT_ACTION_RESULT = action_results.insert()
 _RESULT_COLUMNS = (
     "key",
@@ -966,9 +976,10 @@ class SQLStore:
             return
         scope = (tenant if tenant is not None else _TENANT_SCOPE.get()) or ""
         if sealed:
-            conn.execute(_SET_SEALED_TENANT, {"tenant": scope, "seal": self._seal(conn, scope)})
+            seal = self._seal(conn, scope)
+            direct.run(conn, _SET_SEALED_TENANT, {"tenant": scope, "seal": seal})
         else:
-            conn.execute(_SET_TENANT, {"tenant": scope})
+            direct.run(conn, _SET_TENANT, {"tenant": scope})
 
     @contextlib.contextmanager
     def _connect(self, pool: Engine | None = None) -> Iterator[Connection]:
@@ -1062,7 +1073,8 @@ class SQLStore:
         if conn is None:
             with self.read() as own:
                 return self.latest_version(name, own)
-        return conn.execute(_LATEST_VERSION, {"name": name}).scalar()
+        latest: int | None = direct.run(conn, _LATEST_VERSION, {"name": name}).scalar()
+        return latest
 
     def list_definitions(self) -> list[tuple[str, int, str, float]]:
         """Every registered ``(name, version, hash, registered_at)``, by name then version."""
@@ -1124,13 +1136,13 @@ class SQLStore:
 
     def execution_row(self, conn: Connection, execution_id: str, tenant: str) -> Any:
         """The execution's row, or ``None`` if it does not exist for ``tenant``."""
-        return conn.execute(_EXECUTION_ROW, {"id": execution_id, "tenant": tenant}).first()
+        return direct.run(conn, _EXECUTION_ROW, {"id": execution_id, "tenant": tenant}).first()
 
     def lock_execution_row(self, conn: Connection, execution_id: str, tenant: str) -> Any:
         """The execution's row, or ``None`` if it does not exist for ``tenant``, locked until
         the transaction ends (see :meth:`lock_execution`)."""
         query = _LOCKED_EXECUTION_ROW if self.dialect == "postgresql" else _EXECUTION_ROW
-        return conn.execute(query, {"id": execution_id, "tenant": tenant}).first()
+        return direct.run(conn, query, {"id": execution_id, "tenant": tenant}).first()
 
     def lock_execution(self, conn: Connection, execution_id: str) -> None:
         """On PostgreSQL, lock the execution's row until the transaction ends, so that writers
@@ -1138,18 +1150,18 @@ class SQLStore:
         unique ``(execution_id, seq)`` stays the guarantee; this only spares the retries). On
         SQLite a write transaction already holds the whole database."""
         if self.dialect == "postgresql":
-            conn.execute(_LOCK_EXECUTION, {"id": execution_id})
+            direct.run(conn, _LOCK_EXECUTION, {"id": execution_id})
 
     def last_seq(self, conn: Connection, execution_id: str) -> int:
         """The highest seq in the execution's ledger (0 for none). Appenders call it after
         :meth:`lock_execution`."""
-        return int(conn.execute(_LAST_SEQ, {"execution_id": execution_id}).scalar_one())
+        return int(direct.run(conn, _LAST_SEQ, {"execution_id": execution_id}).scalar_one())
 
     def event_by_key(self, conn: Connection, execution_id: str, client_key: str) -> str | None:
         """The id of the event appended with ``client_key``, if any."""
-        return conn.execute(
-            _EVENT_BY_KEY, {"execution_id": execution_id, "client_key": client_key}
-        ).scalar()
+        params = {"execution_id": execution_id, "client_key": client_key}
+        event_id: str | None = direct.run(conn, _EVENT_BY_KEY, params).scalar()
+        return event_id
 
     def insert_records(
         self,
@@ -1237,26 +1249,26 @@ class SQLStore:
                 params["wakeup_created_at"] = now
                 params["wakeup_relayed_at"] = now if published else None
             statement = _appending(columns, len(rows), tuple(execution or ()), bool(wakeups))
-            conn.execute(statement, params)
+            direct.run(conn, statement, params)
         else:
             if execution is not None:
-                conn.execute(_INSERT_EXECUTION, execution)
+                direct.run(conn, _INSERT_EXECUTION, execution)
             if rows:
-                conn.execute(events.insert(), rows)
+                direct.run(conn, _INSERT_EVENTS, rows)
             if wakeups:
-                conn.execute(outbox.insert(), wakeups)
+                direct.run(conn, _INSERT_WAKEUPS, wakeups)
         if wakeups and self.dialect == "postgresql" and not published:
             # the database transport's idle workers LISTEN; a broker's are woken by the
             # broker (and a NOTIFY would queue every notifying commit behind one lock)
-            conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, execution_id)))
+            direct.run(conn, _NOTIFY, {"execution_id": execution_id})
         return [row["event_id"] for row in rows]
 
     def records(
         self, conn: Connection, execution_id: str, tenant: str, *, after: int = 0
     ) -> list[StoredRecord]:
         """The execution's records with seq greater than ``after``, in seq order."""
-        rows = conn.execute(
-            _RECORDS, {"execution_id": execution_id, "tenant": tenant, "after": after}
+        rows = direct.run(
+            conn, _RECORDS, {"execution_id": execution_id, "tenant": tenant, "after": after}
         )
         return [
             StoredRecord(
@@ -1289,7 +1301,8 @@ class SQLStore:
         detail: str | None,
     ) -> None:
         """Record how the event at ``seq`` was decided and processed."""
-        conn.execute(
+        direct.run(
+            conn,
             _SET_EVENT_OUTCOME,
             {
                 "key_execution_id": execution_id,
@@ -1304,7 +1317,8 @@ class SQLStore:
     def save_projection(self, conn: Connection, execution_id: str, state: State) -> None:
         """Store ``state`` as the execution's projection, and as a snapshot every
         ``snapshot_every`` records."""
-        conn.execute(
+        direct.run(
+            conn,
             _SAVE_PROJECTION,
             {
                 "key_id": execution_id,
@@ -1377,7 +1391,7 @@ class SQLStore:
         if conn is None:
             with self.read(tenant=tenant) as own:
                 return self.snapshot_states(execution_id, tenant, conn=own)
-        rows = conn.execute(_SNAPSHOT_STATES, {"execution_id": execution_id, "tenant": tenant})
+        rows = direct.run(conn, _SNAPSHOT_STATES, {"execution_id": execution_id, "tenant": tenant})
         return [codec.decode_state(r.state) for r in rows]
 
     # ----------------------------------------------------------------------------------------
@@ -1460,7 +1474,9 @@ class SQLStore:
         no live lease: the sweep that finds work whose wake-up was lost."""
         params = {"now": self.clock(), "limit": limit}
         with self.read(tenant=ALL_TENANTS) as conn:
-            return [(r.execution_id, r.tenant) for r in conn.execute(_PENDING_EXECUTIONS, params)]
+            return [
+                (r.execution_id, r.tenant) for r in direct.run(conn, _PENDING_EXECUTIONS, params)
+            ]
 
     def has_work(self, *, besides: Collection[str] = ()) -> bool:
         """Whether any wake-up is unhandled or any event undecided, leased or not, in an
@@ -1484,8 +1500,8 @@ class SQLStore:
     def mark_handled(self, conn: Connection, execution_id: str) -> None:
         """Mark the execution's wake-ups handled, except those whose event is still pending
         (it may have committed after the caller last looked)."""
-        conn.execute(
-            _MARK_HANDLED, {"key_execution_id": execution_id, "published_at": self.clock()}
+        direct.run(
+            conn, _MARK_HANDLED, {"key_execution_id": execution_id, "published_at": self.clock()}
         )
 
     def take_lease(
@@ -1533,7 +1549,8 @@ class SQLStore:
         :meth:`ledgerflow.engine.Engine.process` with ``release_when_idle``)."""
         if not skip_locked:
             # one statement: a new row, or the free (or expired) one taken over, else nothing
-            taken = conn.execute(
+            taken = direct.run(
+                conn,
                 _TAKE_LEASE[self.dialect],
                 {
                     "execution_id": execution_id,
@@ -1557,7 +1574,8 @@ class SQLStore:
         if row is None:
             # a new row, unless another worker inserted it first (no savepoint: a round trip
             # each way saved)
-            inserted = conn.execute(
+            inserted = direct.run(
+                conn,
                 _INSERT_NEW_LEASE[self.dialect],
                 {
                     "execution_id": execution_id,
@@ -1597,9 +1615,9 @@ class SQLStore:
             "expires_at": self.clock() + ttl,
         }
         if lock and self.dialect == "postgresql":
-            held = conn.execute(_FENCE_AND_LOCK, params).first() is not None
+            held = direct.run(conn, _FENCE_AND_LOCK, params).first() is not None
         else:
-            held = conn.execute(_FENCE, params).rowcount == 1
+            held = direct.run(conn, _FENCE, params).rowcount == 1
         if not held:
             raise _lease_lost(execution_id, owner, token)
 
@@ -1611,14 +1629,15 @@ class SQLStore:
         them wait on each other)."""
         if self.action_engine is not None and conn.engine is self.action_engine:
             # a confined session may not read the leases: the owner's function checks for it
-            held = conn.execute(
+            held = direct.run(
+                conn,
                 _CHECK_LEASE_CONFINED,
                 {"execution_id": execution_id, "owner": owner, "token": token},
             ).scalar()
         else:
             query = _CHECK_LEASE_SHARED if self.dialect == "postgresql" else _CHECK_LEASE
-            held = conn.execute(
-                query, {"execution_id": execution_id, "owner": owner, "token": token}
+            held = direct.run(
+                conn, query, {"execution_id": execution_id, "owner": owner, "token": token}
             ).first()
         if held is None:
             raise _lease_lost(execution_id, owner, token)
@@ -1632,15 +1651,10 @@ class SQLStore:
         execution for another ``ttl`` with nobody working on it. A ``parked`` lease (an
         execution held back after a failure, nobody working on it) no longer counts towards
         its tenant's limit."""
-        values: dict[str, Any] = {"expires_at": self.clock() + ttl}
-        if parked:
-            values["tenant"] = None
+        statement = _RENEW_PARKED_LEASE if parked else _RENEW_LEASE
+        params = {**_held_params(execution_id, owner, token), "expires_at": self.clock() + ttl}
         with self.write() as conn:
-            renewed = conn.execute(
-                leases.update()
-                .where(_held_by(execution_id, owner, token), leases.c.expires_at > 0)
-                .values(values)
-            ).rowcount
+            renewed: int = direct.run(conn, statement, params).rowcount
         return renewed == 1
 
     def release_lease(self, execution_id: str, owner: str, token: int) -> None:
@@ -1662,7 +1676,7 @@ class SQLStore:
     def give_up_lease(self, conn: Connection, execution_id: str, owner: str, token: int) -> None:
         """Inside a write transaction that renewed the lease first (:meth:`fence`): give it up
         when the transaction commits (as :meth:`release_lease` does)."""
-        conn.execute(_RELEASE_LEASE, _held_params(execution_id, owner, token))
+        direct.run(conn, _RELEASE_LEASE, _held_params(execution_id, owner, token))
 
     # ----------------------------------------------------------------------------------------
     # Timers
@@ -1698,7 +1712,7 @@ class SQLStore:
             for event, due_at in due
         ]
         if rows:
-            conn.execute(timers.insert(), rows)
+            direct.run(conn, _INSERT_TIMERS, rows)
         return [row["id"] for row in rows]
 
     def schedule_timer(
@@ -1739,7 +1753,7 @@ class SQLStore:
         returns how many were cancelled (a timer fired already stays fired)."""
         query = _CANCEL_TIMERS if scheduled else _CANCEL_STATE_TIMERS
         params = {"key_execution_id": execution_id, "cancelled_at": self.clock()}
-        return int(conn.execute(query, params).rowcount)
+        return int(direct.run(conn, query, params).rowcount)
 
     def due_timers(self, now: float, limit: int) -> list[tuple[str, str, str]]:
         """Up to ``limit`` armed timers due at ``now`` or before, soonest first, as
@@ -1930,7 +1944,7 @@ class SQLStore:
     def action_result(self, conn: Connection, key: str) -> tuple[bool, Any]:
         """``(True, result)`` if a result is recorded under idempotency ``key``, else
         ``(False, None)``."""
-        row = conn.execute(_ACTION_RESULT, {"key": key}).first()
+        row = direct.run(conn, _ACTION_RESULT, {"key": key}).first()
         return (False, None) if row is None else (True, row.result)
 
     def action_results_for(
@@ -1981,7 +1995,7 @@ class SQLStore:
             "created_at": self.clock(),
         }
         if lease is None:
-            conn.execute(_INSERT_ACTION_RESULT, params)
+            direct.run(conn, _INSERT_ACTION_RESULT, params)
             return
         owner, token = lease
         if self.action_engine is not None and conn.engine is self.action_engine:
@@ -1990,7 +2004,7 @@ class SQLStore:
             statement = _INSERT_FENCED_RESULT_SHARED
         else:
             statement = _INSERT_FENCED_RESULT
-        inserted = conn.execute(statement, {**params, "owner": owner, "token": token}).rowcount
+        inserted = direct.run(conn, statement, {**params, "owner": owner, "token": token}).rowcount
         if inserted != 1:
             raise _lease_lost(execution_id, owner, token)
 

@@ -1,0 +1,178 @@
+"""The store's fixed statements, run on psycopg directly when the database is PostgreSQL.
+
+SQLAlchemy caches the compiled form of a statement, yet running a cached statement still
+costs about three times the client CPU that psycopg alone spends on it (an execution context,
+parameter and result processing per call). On a worker that was the largest share of its CPU.
+:func:`run` compiles each statement once per parameter shape, exactly as SQLAlchemy would
+(the same SQL, the same bind processors), and hands it to the connection's own psycopg cursor,
+inside the transaction SQLAlchemy began.
+
+It promises what running the statement through SQLAlchemy promises:
+
+- the same rows (attribute and index access), ``rowcount``, ``first``, ``scalar``,
+  ``scalar_one``, ``one`` and ``all``;
+- the same errors: a database error is raised as the :mod:`sqlalchemy.exc` class SQLAlchemy
+  would raise (``IntegrityError`` for a unique violation, and so on), and a connection the
+  server dropped is invalidated and flagged (``connection_invalidated``) as SQLAlchemy does;
+- every statement seen by whoever listens: while anything listens to SQLAlchemy's cursor or
+  error events on the connection (tracing, a test counting statements), statements go
+  through SQLAlchemy instead.
+
+Any other database or driver, and any statement whose compiled form needs work at execution
+time (expanding ``IN`` lists, defaults computed in Python), also go through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+__all__ = ["Rows", "run"]
+
+try:
+    import psycopg
+    from psycopg.rows import namedtuple_row
+except ImportError:  # pragma: no cover - the postgres extra is not installed
+    psycopg = None  # type: ignore[assignment]
+
+_CURSOR = "ledgerflow_direct_cursor"
+
+
+class Rows:
+    """The rows a statement returned (none for one that returns none), read as SQLAlchemy's
+    result is read."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+        """The rows the statement matched or changed, as the driver reports them."""
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+    def first(self) -> Any:
+        """The first row, or ``None``."""
+        return self._rows[0] if self._rows else None
+
+    def all(self) -> list[Any]:
+        """Every row."""
+        return list(self._rows)
+
+    def scalar(self) -> Any:
+        """The first column of the first row, or ``None``."""
+        return self._rows[0][0] if self._rows else None
+
+    def one(self) -> Any:
+        """The only row: :class:`sqlalchemy.exc.NoResultFound` or
+        :class:`sqlalchemy.exc.MultipleResultsFound` otherwise."""
+        if not self._rows:
+            raise sa.exc.NoResultFound("No row was found when one was required")
+        if len(self._rows) > 1:
+            raise sa.exc.MultipleResultsFound("Multiple rows were found when one was required")
+        return self._rows[0]
+
+    def scalar_one(self) -> Any:
+        """The first column of the only row (see :meth:`one`)."""
+        return self.one()[0]
+
+
+@attrs.frozen
+class _Plan:
+    """A statement compiled for one parameter shape: its SQL and how to bind its values."""
+
+    statement: Any  # kept, so that the id in the cache key is never reused
+    sql: str | None  # None: this shape goes through SQLAlchemy
+    compiled: Any
+    processors: Mapping[str, Callable[[Any], Any]]
+
+
+_PLANS: dict[tuple[int, tuple[str, ...], bool], _Plan] = {}
+
+
+def _plan(conn: Connection, statement: Any, keys: tuple[str, ...], many: bool) -> _Plan:
+    compiled = statement.compile(dialect=conn.dialect, column_keys=list(keys), for_executemany=many)
+    direct = not (
+        compiled.literal_execute_params
+        or compiled.post_compile_params
+        or compiled.insert_prefetch
+        or compiled.update_prefetch
+        or compiled.positional
+        or compiled.escaped_bind_names
+        or compiled.schema_translate_map
+    )
+    plan = _Plan(
+        statement,
+        compiled.string if direct else None,
+        compiled,
+        dict(compiled._bind_processors),
+    )
+    _PLANS[(id(statement), keys, many)] = plan
+    return plan
+
+
+def _listened(conn: Connection) -> bool:
+    dispatch = conn.dispatch
+    return bool(
+        dispatch.before_cursor_execute
+        or dispatch.after_cursor_execute
+        or conn.dialect.dispatch.handle_error
+    )
+
+
+def run(
+    conn: Connection,
+    statement: Any,
+    params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+) -> Any:
+    """Run ``statement`` (built once, kept for the process's life: a module constant or a
+    cached statement, never one built per call) with ``params`` in ``conn``'s transaction;
+    a list of parameter sets runs it once for each. Returns :class:`Rows`, or SQLAlchemy's
+    own result where the statement went through SQLAlchemy; both read alike."""
+    if psycopg is None or conn.dialect.driver != "psycopg" or _listened(conn):
+        return conn.execute(statement, params)
+    many = isinstance(params, Sequence)
+    given: Sequence[Mapping[str, Any]] = params if many else [params or {}]  # type: ignore[list-item,assignment]
+    if not given:
+        return conn.execute(statement, params)
+    keys = tuple(given[0])
+    plan = _PLANS.get((id(statement), keys, many)) or _plan(conn, statement, keys, many)
+    if plan.sql is None:
+        return conn.execute(statement, params)
+    processors = plan.processors
+    bound = []
+    for values in given:
+        compiled_params = plan.compiled.construct_params(values, escape_names=False)
+        for name, process in processors.items():
+            compiled_params[name] = process(compiled_params[name])
+        bound.append(compiled_params)
+    raw = conn.connection.driver_connection
+    held = conn.info.get(_CURSOR)
+    if held is None or held[0] is not raw:
+        held = (raw, raw.cursor(row_factory=namedtuple_row))  # type: ignore[union-attr]
+        conn.info[_CURSOR] = held
+    cursor = held[1]
+    try:
+        if many:
+            cursor.executemany(plan.sql, bound)
+        else:
+            cursor.execute(plan.sql, bound[0])
+        rows = cursor.fetchall() if cursor.description is not None else []
+    except psycopg.Error as exc:
+        dropped = conn.dialect.is_disconnect(exc, raw, cursor)  # type: ignore[arg-type]
+        if dropped and not conn.invalidated:
+            conn.invalidate(exc)
+        raise sa.exc.DBAPIError.instance(
+            plan.sql,
+            bound if many else bound[0],
+            exc,
+            psycopg.Error,
+            dialect=conn.dialect,
+            connection_invalidated=dropped,
+        ) from exc
+    return Rows(rows, cursor.rowcount)

@@ -1,0 +1,193 @@
+"""The store's fixed statements run on psycopg directly on PostgreSQL (ledgerflow.store.direct):
+the same rows, counts and errors as through SQLAlchemy, and SQLAlchemy whenever it must see
+them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from ledgerflow.errors import StoreUnavailableError
+from ledgerflow.store import ALL_TENANTS, direct
+from ledgerflow.store.schema import events, executions
+from ledgerflow.store.sql import SQLStore
+
+PG_ADMIN = os.environ.get("LEDGERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+TENANT = "acme"
+
+INSERT_EXECUTION = executions.insert()
+INSERT_EVENTS = events.insert()
+EVENTS_OF = (
+    sa.select(events)
+    .where(events.c.execution_id == sa.bindparam("x"), events.c.seq > sa.bindparam("after"))
+    .order_by(events.c.seq)
+)
+EVENTS_IN = sa.select(events.c.seq).where(events.c.seq.in_(sa.bindparam("seqs", expanding=True)))
+SET_OUTCOME = (
+    events.update()
+    .where(events.c.execution_id == sa.bindparam("x"))
+    .values(outcome=sa.bindparam("outcome"), detail=None)
+)
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[SQLStore]:
+    store = SQLStore(db_url)
+    yield store
+    store.close()
+
+
+def _execution(x: str) -> dict[str, Any]:
+    return {
+        "id": x,
+        "tenant": TENANT,
+        "workflow": "W",
+        "version": 1,
+        "state": "draft",
+        "context": {"amount": 12.5, "tags": ["a", None], "nested": {"ok": True}},
+        "status": "running",
+        "projection_seq": 0,
+        "decided_seq": 0,
+        "created_at": 1.25,
+        "updated_at": 1.25,
+    }
+
+
+def _event(x: str, seq: int, **changes: Any) -> dict[str, Any]:
+    row = {
+        "execution_id": x,
+        "seq": seq,
+        "event_id": f"{x}-{seq}",
+        "tenant": TENANT,
+        "kind": "event_received",
+        "name": "Submit",
+        "body": {"payload": {"amount": seq, "note": "é ✓"}, "none": None},
+        "role": None,
+        "client_key": None,
+        "status": "pending",
+        "outcome": None,
+        "detail": None,
+        "created_at": 2.5,
+        "processed_at": None,
+    }
+    return {**row, **changes}
+
+
+def _fill(store: SQLStore, x: str, n: int) -> None:
+    with store.write(tenant=TENANT) as conn:
+        direct.run(conn, INSERT_EXECUTION, _execution(x))
+        direct.run(conn, INSERT_EVENTS, [_event(x, seq) for seq in range(1, n + 1)])
+
+
+def _through_sqlalchemy(conn: sa.Connection, statement: Any, params: Any) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in conn.execute(statement, params)]
+
+
+def test_rows_and_counts_are_sqlalchemys(store: SQLStore) -> None:
+    """Every column type the ledger uses (JSON, nulls, floats, text beyond ASCII) reads back
+    as SQLAlchemy reads it, by attribute and by position; counts are the rows changed."""
+    _fill(store, "x1", 3)
+    with store.write(tenant=TENANT) as conn:
+        params = {"x": "x1", "after": 1}
+        ours = direct.run(conn, EVENTS_OF, params)
+        rows = ours.all()
+        assert [tuple(row) for row in rows] == _through_sqlalchemy(conn, EVENTS_OF, params)
+        assert [row.seq for row in rows] == [2, 3]
+        assert rows[0].body == {"payload": {"amount": 2, "note": "é ✓"}, "none": None}
+        assert rows[0].created_at == 2.5
+        assert rows[0].processed_at is None
+        changed = direct.run(conn, SET_OUTCOME, {"x": "x1", "outcome": "done"})
+        assert changed.rowcount == 3
+        assert direct.run(conn, SET_OUTCOME, {"x": "nobody", "outcome": "done"}).rowcount == 0
+        assert direct.run(conn, EVENTS_OF, {"x": "x1", "after": 2}).scalar_one() == "x1"
+        assert direct.run(conn, EVENTS_OF, {"x": "x1", "after": 9}).first() is None
+        assert direct.run(conn, EVENTS_OF, {"x": "x1", "after": 9}).scalar() is None
+
+
+def test_one_and_scalar_one_want_exactly_one_row(store: SQLStore) -> None:
+    _fill(store, "x1", 2)
+    with store.read(tenant=TENANT) as conn:
+        with pytest.raises(sa.exc.NoResultFound):
+            direct.run(conn, EVENTS_OF, {"x": "x1", "after": 5}).one()
+        with pytest.raises(sa.exc.MultipleResultsFound):
+            direct.run(conn, EVENTS_OF, {"x": "x1", "after": 0}).scalar_one()
+
+
+def test_a_unique_violation_is_sqlalchemys_integrity_error(store: SQLStore) -> None:
+    """The ledger's optimistic concurrency check (a seq taken) is caught as
+    sqlalchemy.exc.IntegrityError by its callers: it must stay that, and the transaction
+    rolls back whole."""
+    _fill(store, "x1", 1)
+
+    def append_two() -> None:
+        with store.write(tenant=TENANT) as conn:
+            direct.run(conn, INSERT_EVENTS, _event("x1", 2, event_id="new"))
+            direct.run(conn, INSERT_EVENTS, _event("x1", 1, event_id="again"))
+
+    with pytest.raises(sa.exc.IntegrityError) as caught:
+        append_two()
+    if store.dialect == "postgresql":
+        assert isinstance(caught.value.orig, psycopg.errors.UniqueViolation)
+        assert not caught.value.connection_invalidated
+    with store.read(tenant=TENANT) as conn:
+        assert [r.seq for r in direct.run(conn, EVENTS_OF, {"x": "x1", "after": 0})] == [1]
+
+
+def test_a_statement_with_an_expanding_list_goes_through_sqlalchemy(store: SQLStore) -> None:
+    _fill(store, "x1", 4)
+    with store.read(tenant=TENANT) as conn:
+        seqs = direct.run(conn, EVENTS_IN, {"seqs": [2, 4, 9]}).scalars().all()
+        assert sorted(seqs) == [2, 4]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_psycopg_runs_them_on_postgresql(store: SQLStore) -> None:
+    _fill(store, "x1", 2)
+    with store.read(tenant=TENANT) as conn:
+        assert isinstance(direct.run(conn, EVENTS_OF, {"x": "x1", "after": 0}), direct.Rows)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_listeners_of_sqlalchemy_see_every_statement(store: SQLStore) -> None:
+    """Tracing that hooks SQLAlchemy's cursor events (and tests counting statements) must
+    not miss the statements that would otherwise skip SQLAlchemy."""
+    _fill(store, "x1", 2)
+    seen: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", before)
+    try:
+        with store.read(tenant=TENANT) as conn:
+            rows = direct.run(conn, EVENTS_OF, {"x": "x1", "after": 0}).all()
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", before)
+    assert [row.seq for row in rows] == [1, 2]
+    assert any(s.startswith("SELECT set_config") for s in seen)
+    assert any("FROM lf_events" in s for s in seen)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_connection_cut_under_a_direct_statement_is_a_store_error(store: SQLStore) -> None:
+    """Cut by the server between two statements, the next one fails as a lost connection
+    (the store's StoreUnavailableError, the connection invalidated), and the next
+    transaction gets a new connection."""
+    _fill(store, "x1", 1)
+
+    def cut_then_read() -> None:
+        with store.read(tenant=ALL_TENANTS) as conn:
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            direct.run(conn, EVENTS_OF, {"x": "x1", "after": 0})
+
+    with pytest.raises(StoreUnavailableError, match="lost the connection to the database"):
+        cut_then_read()
+    with store.read(tenant=TENANT) as conn:
+        assert direct.run(conn, EVENTS_OF, {"x": "x1", "after": 0}).scalar() == "x1"
