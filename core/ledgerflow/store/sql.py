@@ -365,6 +365,12 @@ _LATEST_VERSION = sa.select(sa.func.max(definitions.c.version)).where(
 _ACTION_RESULT = sa.select(action_results.c.result).where(
     action_results.c.key == sa.bindparam("key")
 )
+# PostgreSQL: one statement for any number of events (an expanding IN is compiled per call)
+_RESULTS_OF_EVENTS = sa.select(action_results.c.key, action_results.c.result).where(
+    action_results.c.execution_id == sa.bindparam("execution_id"),
+    action_results.c.event_id
+    == sa.any_(sa.bindparam("event_ids", type_=postgresql.ARRAY(sa.String))),
+)
 _DUE_TIMERS = (
     sa.select(timers.c.id, timers.c.execution_id, timers.c.tenant)
     .where(timers.c.state == "armed", timers.c.due_at <= sa.bindparam("now"))
@@ -1954,12 +1960,16 @@ class SQLStore:
         idempotency key."""
         if not event_ids:
             return {}
-        rows = conn.execute(
-            sa.select(action_results.c.key, action_results.c.result).where(
-                action_results.c.execution_id == execution_id,
-                action_results.c.event_id.in_(list(event_ids)),
+        if self.dialect == "postgresql":
+            params = {"execution_id": execution_id, "event_ids": list(event_ids)}
+            rows = direct.run(conn, _RESULTS_OF_EVENTS, params)
+        else:
+            rows = conn.execute(
+                sa.select(action_results.c.key, action_results.c.result).where(
+                    action_results.c.execution_id == execution_id,
+                    action_results.c.event_id.in_(list(event_ids)),
+                )
             )
-        )
         return {row.key: row.result for row in rows}
 
     def insert_action_result(
