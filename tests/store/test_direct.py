@@ -191,3 +191,32 @@ def test_a_connection_cut_under_a_direct_statement_is_a_store_error(store: SQLSt
         cut_then_read()
     with store.read(tenant=TENANT) as conn:
         assert direct.run(conn, EVENTS_OF, {"x": "x1", "after": 0}).scalar() == "x1"
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("confined", [False, True], ids=["ledger-role", "confined-role"])
+def test_every_transaction_runs_at_the_level_it_asked_for(
+    db_url: str, pg_action_url: str, confined: bool
+) -> None:
+    """The server's default level is not set on a connection again (a saved round of
+    setting it and setting it back), so a connection must never carry a level asked for by
+    an earlier transaction into one that asked for the default, on one pooled connection as
+    on several."""
+    from ledgerflow.store import confine_role
+
+    store = SQLStore(db_url, action_url=pg_action_url if confined else None)
+    if confined:
+        with store.write() as conn:
+            confine_role(conn, pg_action_url.split("://", 1)[1].split("@", 1)[0])
+    levels = ["READ COMMITTED", "SERIALIZABLE", "READ COMMITTED", "REPEATABLE READ"] * 3
+    try:
+        seen = []
+        for level in levels:
+            with store.action_write(level, tenant=TENANT) as conn:
+                seen.append(conn.execute(sa.text("SHOW transaction_isolation")).scalar_one())
+            with store.write(tenant=TENANT) as conn:
+                default = conn.execute(sa.text("SHOW transaction_isolation")).scalar_one()
+                assert default == "read committed"
+        assert seen == [level.lower() for level in levels]
+    finally:
+        store.close()

@@ -939,6 +939,11 @@ class SQLStore:
         :class:`StoreUnavailableError` (see :meth:`_connect`). ``sealed``: a confined
         role's transaction, whose tenant carries its seal (and whose connection is checked to
         be confined when it is new)."""
+        level = options.get("isolation_level")
+        if level is not None and level == getattr(pool.dialect, "default_isolation_level", None):
+            # the pool's connections are at the server's default level between transactions:
+            # asking for it again would only set it on the connection and set it back
+            options = {k: v for k, v in options.items() if k != "isolation_level"}
         for attempt in range(2):
             conn = _checkout(pool)
             try:
