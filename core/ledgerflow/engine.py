@@ -1013,6 +1013,7 @@ class Engine:
     ) -> int:
         """Process under ``lease``, or under the lease ``take`` (owner, ttl, callback) takes
         in the transaction that loads the execution (:class:`_LeaseHeld` if it is held)."""
+        began = time.monotonic()
         with self.store.write(tenant=tenant) if take else self.store.read(tenant=tenant) as conn:
             if take is not None:
                 owner, ttl, _ = take
@@ -1037,6 +1038,10 @@ class Engine:
             # the results already recorded for the events to decide, read once for all of them
             recorded = self.store.action_results_for(conn, execution_id, undecided)
         assert lease is not None
+        # the results read with the lease just taken stay current while nobody else can take
+        # it: a lease taken at ``began`` expires ``ttl`` later, and hosts' clocks agree to
+        # well within half of it (see the deployment guide on clocks)
+        recorded_until = began + take[1] / 2 if take is not None else None
         if take is not None and take[2] is not None:
             take[2](lease)
         read_ahead = set(undecided)
@@ -1078,6 +1083,7 @@ class Engine:
                 state,
                 current,
                 recorded if current.event_id in read_ahead else None,
+                recorded_until,
                 release=release_when_idle and not pending,
             )
             settled = not arrived
@@ -1117,6 +1123,7 @@ class Engine:
         state: State,
         stored: StoredRecord,
         recorded: Mapping[str, JSON] | None = None,
+        recorded_until: float | None = None,
         *,
         release: bool = False,
     ) -> tuple[State, list[StoredRecord]]:
@@ -1138,7 +1145,7 @@ class Engine:
             plan = self._retry_plan(definition, execution_id, tenant, lease, state, stored)
         else:
             plan = self._event_plan(
-                definition, execution_id, tenant, lease, state, stored, recorded
+                definition, execution_id, tenant, lease, state, stored, recorded, recorded_until
             )
         for attempt in range(_COMMIT_ATTEMPTS):
             try:
@@ -1291,9 +1298,11 @@ class Engine:
         state: State,
         stored: StoredRecord,
         recorded: Mapping[str, JSON] | None = None,
+        recorded_until: float | None = None,
     ) -> _Plan:
         """Decide a client's (or timer's) event and run the steps of the transition it applies
-        (``recorded``: the results recorded for its steps, if read already)."""
+        (``recorded``: the results recorded for its steps, if read already; current until
+        ``recorded_until``, see :attr:`ledgerflow.executor.StepJob.recorded_until`)."""
         event = stored.record
         assert isinstance(event, EventReceived)
         decision = machine.decide(definition, state, event)
@@ -1307,7 +1316,8 @@ class Engine:
         compiled = next(ct for ct in definition.transitions if ct.id == decision.transition)
         job = self._job(execution_id, tenant, lease, stored.event_id, compiled.steps, event, state)
         if compiled.steps:
-            job = attrs.evolve(job, recorded=recorded)
+            until = recorded_until if recorded is not None else None
+            job = attrs.evolve(job, recorded=recorded, recorded_until=until)
             result = self.runner.run(job)
         else:
             result = RunResult(outcomes=())

@@ -105,6 +105,13 @@ class StepJob:
     database action whose key is not there runs without a read first (its transaction refuses
     a second result, effect and all). ``None``: every key is read before its action runs.
     Either way a recorded result is returned, never re-run."""
+    recorded_until: float | None = None
+    """A :func:`time.monotonic` deadline before which ``recorded`` is known to be current:
+    the caller read it in the transaction that took the execution's lease, and that lease
+    cannot have passed to another worker before then, so no result can have been recorded
+    under the job's keys since but by this job. Until then a simple action whose key is
+    missing from ``recorded`` runs without a read first, as a database action does; after
+    it (or with ``None``) its key is read again before it runs."""
 
 
 @attrs.frozen(kw_only=True)
@@ -523,7 +530,8 @@ class GraphRunner:
         if job.recorded is not None and key in job.recorded:
             return job.recorded[key]
         known = self.registry.get(name) if name in self.registry else None
-        if job.recorded is None or known is None or known.kind != "database":
+        current = job.recorded_until is not None and time.monotonic() < job.recorded_until
+        if job.recorded is None or known is None or (known.kind != "database" and not current):
             # read now: a result read earlier may be stale if the lease was taken over since,
             # and only a database action's own transaction refuses a second result (with its
             # effect) by itself
