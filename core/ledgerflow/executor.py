@@ -60,8 +60,9 @@ log = logging.getLogger("ledgerflow.executor")
 
 
 class _InlinePool(concurrent.futures.Executor):
-    """Runs each submitted call at once, in the caller's thread: the pool of a run that cannot
-    have two steps at a time (one step, or ``max_parallel`` 1), which needs no threads."""
+    """Runs each submitted call at once, in the caller's thread: where a run's steps start
+    when it cannot have two at a time (one step, or ``max_parallel`` 1), and where the last
+    of the steps that become ready together starts (the caller would only wait for it)."""
 
     def submit(  # type: ignore[override]
         self, fn: Callable[..., StepOutcome], /, *args: Any, **kwargs: Any
@@ -229,13 +230,14 @@ class GraphRunner:
         failure: str | None = None
         compensate = False
         parallel = min(self.max_parallel, len(job.steps)) > 1
-        pool: concurrent.futures.Executor = self._steps_pool() if parallel else _InlinePool()
+        inline = _InlinePool()
         running: dict[concurrent.futures.Future[StepOutcome], CompiledStep] = {}
 
         def start_ready() -> None:
-            for step_id in [s for s, deps in waiting.items() if not deps]:
-                if len(running) >= self.max_parallel:
-                    return  # the rest start as these finish
+            ready = [s for s, deps in waiting.items() if not deps]
+            # the rest start as these finish
+            ready = ready[: max(self.max_parallel - len(running), 0)]
+            for n, step_id in enumerate(ready):
                 del waiting[step_id]
                 compiled = by_id[step_id]
                 variables = {
@@ -245,7 +247,11 @@ class GraphRunner:
                 }
                 # each step runs in the caller's context: its tenant scope, above all
                 call = contextvars.copy_context().run
-                running[pool.submit(call, self._run_step, job, compiled, variables)] = compiled
+                # the last one runs in this thread, which would only wait for the others: a
+                # chain of steps, one at a time, needs no thread but this one
+                last = n == len(ready) - 1
+                runner = self._steps_pool() if parallel and not last else inline
+                running[runner.submit(call, self._run_step, job, compiled, variables)] = compiled
 
         try:
             start_ready()

@@ -166,6 +166,27 @@ def test_close_ends_the_step_threads(store: SQLStore) -> None:
     gauge = Gauge(pause=0.01)
     runner = _runner(store, gauge, max_parallel=3)
     runner.run(_job(runner, _wide(3), "x3"))
-    assert gauge.threads
+    step_threads = [t for t in gauge.thread_objects if t is not threading.current_thread()]
+    # three steps at once: the last one started runs on the caller's thread
+    assert len(step_threads) == 2
     runner.close()
-    assert not any(thread.is_alive() for thread in gauge.thread_objects)
+    assert not any(thread.is_alive() for thread in step_threads)
+
+
+def test_steps_one_after_another_run_on_the_callers_thread(store: SQLStore) -> None:
+    """A chain of steps has one ready at a time: it runs where the caller would wait for it,
+    with no hand-over to a step thread (nor one started)."""
+    gauge = Gauge(pause=0.0)
+    runner = _runner(store, gauge, max_parallel=4)
+    chain = [
+        {"id": f"s{n}", "action": "gauge", **({"depends_on": [f"s{n - 1}"]} if n else {})}
+        for n in range(5)
+    ]
+    try:
+        result = runner.run(_job(runner, chain, "x4"))
+        assert result.failure is None
+        assert gauge.finished == [f"s{n}" for n in range(5)]
+        assert gauge.threads == {threading.current_thread().name}
+        assert runner._pool is None
+    finally:
+        runner.close()
