@@ -4,11 +4,19 @@ record is in the ledger and every event_received has its one wake-up."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import sqlalchemy as sa
 
 from ledgerflow.engine import Engine
-from ledgerflow.model import EventReceived, ExecutionStarted, Record, State, Status
+from ledgerflow.model import (
+    EventReceived,
+    ExecutionStarted,
+    Record,
+    State,
+    Status,
+    TransitionApplied,
+)
 from ledgerflow.store import ALL_TENANTS
 from support.executions import ensure_execution
 
@@ -70,3 +78,28 @@ def test_a_new_execution_and_its_first_records(engine: Engine, then: int) -> Non
     assert found == [(1, "execution_started")] + [(2 + n, "event_received") for n in range(then)]
     assert wakeups == ids
     assert engine.get_execution(x, tenant=TENANT).state == "draft"
+
+
+@pytest.mark.parametrize("count", [1, 3, 16, 17])
+def test_a_workers_records_without_wakeups_and_a_taken_seq(engine: Engine, count: int) -> None:
+    """What a worker's commit appends (records that are not events: no wake-ups), in one
+    statement or by executemany; a seq already taken is the IntegrityError the engine's
+    commit retries on, and nothing of that append is kept."""
+    x = f"x-worker-{count}"
+    ensure_execution(engine.store, x, TENANT, "InvoiceApproval")
+    records: list[Record] = [
+        TransitionApplied(
+            seq=2 + n, event_seq=1, transition="t", source="draft", target="draft", context={}
+        )
+        for n in range(count)
+    ]
+    with engine.store.write(tenant=TENANT) as conn:
+        ids = engine.store.insert_records(conn, x, TENANT, records)
+    found, wakeups = ledger(engine, x)
+    assert found == [(2 + n, "transition_applied") for n in range(count)]
+    assert wakeups == []
+    assert len(set(ids)) == count
+    clashing = [attrs.evolve(r, seq=r.seq + count - 1) for r in records]
+    with pytest.raises(sa.exc.IntegrityError), engine.store.write(tenant=TENANT) as conn:
+        engine.store.insert_records(conn, x, TENANT, clashing)
+    assert ledger(engine, x) == (found, [])

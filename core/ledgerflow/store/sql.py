@@ -241,11 +241,13 @@ _RESULT_COLUMNS = (
 
 _APPEND_IN_ONE_STATEMENT = 16
 """The most ledger rows :func:`_appending` writes in one statement (a client's append is one
-or two; more go by ``executemany``: a statement takes at most 65,535 parameters, and each
-shape is a statement of its own)."""
+or two, a worker's commit of an event a few; more go by ``executemany``: a statement takes
+at most 65,535 parameters, and each shape is a statement of its own)."""
 
 
-@functools.lru_cache(maxsize=2 * _APPEND_IN_ONE_STATEMENT)
+# every shape kept: there are at most 4 x _APPEND_IN_ONE_STATEMENT, and a statement once made
+# must live on (ledgerflow.store.direct keeps what it compiled for it by its identity)
+@functools.cache
 def _appending(
     columns: tuple[str, ...], count: int, execution: tuple[str, ...], wakeups: bool
 ) -> sa.TextClause:
@@ -1247,11 +1249,9 @@ class SQLStore:
                         "relayed_at": now if published else None,
                     }
                 )
-        if (
-            self.dialect == "postgresql"
-            and (wakeups or execution is not None)
-            and len(rows) <= _APPEND_IN_ONE_STATEMENT
-        ):
+        # on PostgreSQL one statement, whatever is appended: a worker's commit of an event's
+        # records too (psycopg's executemany pipelines the rows, at several times the CPU)
+        if self.dialect == "postgresql" and 0 < len(rows) <= _APPEND_IN_ONE_STATEMENT:
             columns = tuple(rows[0])
             params = {f"r{n}_{c}": row[c] for n, row in enumerate(rows) for c in columns}
             if execution is not None:
