@@ -379,18 +379,68 @@ _DUE_TIMERS = (
     .order_by(timers.c.due_at, timers.c.id)
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
+
+
+def _unleased(execution_id: sa.ColumnElement[str], now: Any) -> sa.ColumnElement[bool]:
+    """No live lease on ``execution_id`` at ``now``: one probe of the leases' primary key per
+    candidate row. (``NOT EXISTS`` is planned as an anti-join, which PostgreSQL ran as a scan
+    of every lease for every candidate: the leases table keeps a row per execution ever
+    worked on.)"""
+    expires = (
+        sa.select(leases.c.expires_at)
+        .where(leases.c.execution_id == execution_id)
+        .scalar_subquery()
+    )
+    unleased: sa.ColumnElement[bool] = sa.func.coalesce(expires, 0.0) <= now
+    return unleased
+
+
 _PENDING_EXECUTIONS = (
     sa.select(events.c.execution_id, events.c.tenant)
     .where(
         events.c.status == "pending",
-        ~sa.exists().where(
-            leases.c.execution_id == events.c.execution_id,
-            leases.c.expires_at > sa.bindparam("now"),
-        ),
+        _unleased(events.c.execution_id, sa.bindparam("now", type_=sa.Double)),
     )
     .group_by(events.c.execution_id, events.c.tenant)
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
+
+
+def _claims() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The statements of :meth:`SQLStore.claim`, by dialect: the oldest unhandled wake-ups
+    of executions nobody holds, and (fairly) each tenant's oldest such wake-up, the tenant
+    holding the fewest live leases first, under ``tenant_limit``. On PostgreSQL the rows are
+    locked ``FOR UPDATE SKIP LOCKED``."""
+    now = sa.bindparam("now", type_=sa.Double)
+    free = sa.and_(outbox.c.published_at.is_(None), _unleased(outbox.c.execution_id, now))
+    oldest = sa.select(outbox.c.execution_id, outbox.c.tenant).where(free)
+    busy = (
+        sa.select(sa.func.count())
+        .select_from(leases)
+        .where(leases.c.tenant == outbox.c.tenant, leases.c.expires_at > now)
+        .scalar_subquery()
+    )
+    # each tenant's oldest wake-up of an execution nobody holds: one turn per tenant
+    firsts = (
+        sa.select(sa.func.min(outbox.c.id).label("id"))
+        .where(free)
+        .group_by(outbox.c.tenant)
+        .subquery("firsts")
+    )
+    fairly = (
+        oldest.join(firsts, firsts.c.id == outbox.c.id)
+        .where(busy < sa.bindparam("tenant_limit", type_=sa.Integer))
+        .order_by(busy, outbox.c.id)
+        .limit(32)
+    )
+    oldest = oldest.order_by(outbox.c.id).limit(32)
+    return (
+        {"sqlite": oldest, "postgresql": oldest.with_for_update(skip_locked=True, of=outbox)},
+        {"sqlite": fairly, "postgresql": fairly.with_for_update(skip_locked=True, of=outbox)},
+    )
+
+
+_CLAIM, _CLAIM_FAIRLY = _claims()
 
 
 @contextlib.contextmanager
@@ -1426,40 +1476,14 @@ class SQLStore:
         that takes the lease, so concurrent workers are handed different executions.
         """
         now = self.clock()
-        live = sa.exists().where(
-            leases.c.execution_id == outbox.c.execution_id, leases.c.expires_at > now
-        )
-        query = sa.select(outbox.c.execution_id, outbox.c.tenant).where(
-            outbox.c.published_at.is_(None), ~live
-        )
         if tenant_limit is None:
-            query = query.order_by(outbox.c.id)
+            query, params = _CLAIM[self.dialect], {"now": now}
         else:
-            busy = (
-                sa.select(sa.func.count())
-                .select_from(leases)
-                .where(leases.c.tenant == outbox.c.tenant, leases.c.expires_at > now)
-                .scalar_subquery()
-            )
-            # each tenant's oldest wake-up of an execution nobody holds: one turn per tenant
-            firsts = (
-                sa.select(sa.func.min(outbox.c.id).label("id"))
-                .where(outbox.c.published_at.is_(None), ~live)
-                .group_by(outbox.c.tenant)
-                .subquery("firsts")
-            )
-            # the tenant holding the fewest executions first, then the oldest wake-up
-            query = (
-                query.join(firsts, firsts.c.id == outbox.c.id)
-                .where(busy < tenant_limit)
-                .order_by(busy, outbox.c.id)
-            )
-        query = query.limit(32)
-        if self.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=outbox)
+            query = _CLAIM_FAIRLY[self.dialect]
+            params = {"now": now, "tenant_limit": tenant_limit}
         with self.write(tenant=ALL_TENANTS) as conn:
             seen: set[str] = set()
-            for row in conn.execute(query).all():
+            for row in direct.run(conn, query, params).all():
                 if row.execution_id in seen:
                     continue
                 seen.add(row.execution_id)
