@@ -1013,7 +1013,7 @@ class Engine:
     ) -> int:
         """Process under ``lease``, or under the lease ``take`` (owner, ttl, callback) takes
         in the transaction that loads the execution (:class:`_LeaseHeld` if it is held)."""
-        began = time.monotonic()
+        began = (time.monotonic(), self.store.clock())
         with self.store.write(tenant=tenant) if take else self.store.read(tenant=tenant) as conn:
             if take is not None:
                 owner, ttl, _ = take
@@ -1041,7 +1041,9 @@ class Engine:
         # the results read with the lease just taken stay current while nobody else can take
         # it: a lease taken at ``began`` expires ``ttl`` later, and hosts' clocks agree to
         # well within half of it (see the deployment guide on clocks)
-        recorded_until = began + take[1] / 2 if take is not None else None
+        recorded_until = None
+        if take is not None:
+            recorded_until = (began[0] + take[1] / 2, began[1] + take[1] / 2)
         if take is not None and take[2] is not None:
             take[2](lease)
         read_ahead = set(undecided)
@@ -1123,7 +1125,7 @@ class Engine:
         state: State,
         stored: StoredRecord,
         recorded: Mapping[str, JSON] | None = None,
-        recorded_until: float | None = None,
+        recorded_until: tuple[float, float] | None = None,
         *,
         release: bool = False,
     ) -> tuple[State, list[StoredRecord]]:
@@ -1298,7 +1300,7 @@ class Engine:
         state: State,
         stored: StoredRecord,
         recorded: Mapping[str, JSON] | None = None,
-        recorded_until: float | None = None,
+        recorded_until: tuple[float, float] | None = None,
     ) -> _Plan:
         """Decide a client's (or timer's) event and run the steps of the transition it applies
         (``recorded``: the results recorded for its steps, if read already; current until

@@ -61,8 +61,8 @@ log = logging.getLogger("ledgerflow.executor")
 
 class _InlinePool(concurrent.futures.Executor):
     """Runs each submitted call at once, in the caller's thread: where a run's steps start
-    when it cannot have two at a time (one step, or ``max_parallel`` 1), and where the last
-    of the steps that become ready together starts (the caller would only wait for it)."""
+    when it cannot have two at a time (one step, or ``max_parallel`` 1), and where a step
+    starts when it is the only one that can run (the caller would only wait for it)."""
 
     def submit(  # type: ignore[override]
         self, fn: Callable[..., StepOutcome], /, *args: Any, **kwargs: Any
@@ -106,13 +106,15 @@ class StepJob:
     database action whose key is not there runs without a read first (its transaction refuses
     a second result, effect and all). ``None``: every key is read before its action runs.
     Either way a recorded result is returned, never re-run."""
-    recorded_until: float | None = None
-    """A :func:`time.monotonic` deadline before which ``recorded`` is known to be current:
-    the caller read it in the transaction that took the execution's lease, and that lease
-    cannot have passed to another worker before then, so no result can have been recorded
-    under the job's keys since but by this job. Until then a simple action whose key is
-    missing from ``recorded`` runs without a read first, as a database action does; after
-    it (or with ``None``) its key is read again before it runs."""
+    recorded_until: tuple[float, float] | None = None
+    """Deadlines before which ``recorded`` is known to be current, on :func:`time.monotonic`
+    and on the store's clock (the one leases expire by): the caller read it in the
+    transaction that took the execution's lease, which cannot have passed to another worker
+    before then, so no result can have been recorded under the job's keys since but by this
+    job. Until both have passed neither, a simple action whose key is missing from
+    ``recorded`` runs without a read first, as a database action does; after either (or
+    with ``None``) its key is read again before it runs. The store's clock catches a jump
+    of the host's clock, the monotonic one a clock set back."""
 
 
 @attrs.frozen(kw_only=True)
@@ -237,7 +239,7 @@ class GraphRunner:
             ready = [s for s, deps in waiting.items() if not deps]
             # the rest start as these finish
             ready = ready[: max(self.max_parallel - len(running), 0)]
-            for n, step_id in enumerate(ready):
+            for step_id in ready:
                 del waiting[step_id]
                 compiled = by_id[step_id]
                 variables = {
@@ -247,10 +249,11 @@ class GraphRunner:
                 }
                 # each step runs in the caller's context: its tenant scope, above all
                 call = contextvars.copy_context().run
-                # the last one runs in this thread, which would only wait for the others: a
-                # chain of steps, one at a time, needs no thread but this one
-                last = n == len(ready) - 1
-                runner = self._steps_pool() if parallel and not last else inline
+                # a step that is the only one that can run goes in this thread, which would
+                # only wait for it: a chain of steps needs no thread but this one (with
+                # others running, it would hold back what their ends make ready)
+                alone = len(ready) == 1 and not running
+                runner = self._steps_pool() if parallel and not alone else inline
                 running[runner.submit(call, self._run_step, job, compiled, variables)] = compiled
 
         try:
@@ -536,7 +539,10 @@ class GraphRunner:
         if job.recorded is not None and key in job.recorded:
             return job.recorded[key]
         known = self.registry.get(name) if name in self.registry else None
-        current = job.recorded_until is not None and time.monotonic() < job.recorded_until
+        until = job.recorded_until
+        current = (
+            until is not None and time.monotonic() < until[0] and self.store.clock() < until[1]
+        )
         if job.recorded is None or known is None or (known.kind != "database" and not current):
             # read now: a result read earlier may be stale if the lease was taken over since,
             # and only a database action's own transaction refuses a second result (with its

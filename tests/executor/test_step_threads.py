@@ -167,8 +167,8 @@ def test_close_ends_the_step_threads(store: SQLStore) -> None:
     runner = _runner(store, gauge, max_parallel=3)
     runner.run(_job(runner, _wide(3), "x3"))
     step_threads = [t for t in gauge.thread_objects if t is not threading.current_thread()]
-    # three steps at once: the last one started runs on the caller's thread
-    assert len(step_threads) == 2
+    # three steps at once: each on a step thread
+    assert len(step_threads) == 3
     runner.close()
     assert not any(thread.is_alive() for thread in step_threads)
 
@@ -190,3 +190,22 @@ def test_steps_one_after_another_run_on_the_callers_thread(store: SQLStore) -> N
         assert runner._pool is None
     finally:
         runner.close()
+
+
+def test_a_slow_step_does_not_hold_back_what_its_siblings_make_ready(store: SQLStore) -> None:
+    """With a slow step running, the step a fast sibling makes ready starts at once, on a
+    step thread: the caller's thread never runs a step while another is running."""
+    gauge = Gauge()
+    runner = _runner(store, gauge, max_parallel=4)
+    steps = [
+        {"id": "slow", "action": "gauge", "params": {"pause": 0.6}},
+        {"id": "fast", "action": "gauge", "params": {"pause": 0.01}},
+        {"id": "next", "action": "gauge", "params": {"pause": 0.01}, "depends_on": ["fast"]},
+    ]
+    try:
+        result = runner.run(_job(runner, steps, "x5"))
+    finally:
+        runner.close()
+    assert result.failure is None
+    assert gauge.finished == ["fast", "next", "slow"]
+    assert threading.current_thread().name not in gauge.threads

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import attrs
+import pytest
 import sqlalchemy as sa
 
 from apps import counting_app
@@ -111,25 +112,31 @@ def _result_reads(engine: Engine) -> tuple[list[str], Any]:
     return statements, seen
 
 
+@pytest.mark.parametrize("passed", ["monotonic", "store-clock"])
 def test_a_read_ahead_taken_with_the_lease_is_trusted_until_its_deadline(
-    counting: Engine,
+    counting: Engine, passed: str
 ) -> None:
     """Before ``recorded_until`` a simple action whose key is missing from the read-ahead runs
     without reading its key again (no one else can have recorded it: the read-ahead came with
-    the lease); after it, the key is read, and a result found there is returned, not re-run."""
+    the lease); once either deadline has passed (the monotonic one, or the one on the store's
+    clock, which leases expire by: a jump of the host's clock), the key is read, and a
+    result found there is returned, not re-run."""
     calls: list[str] = []
     steps = _remembering(counting, calls)
     runner = GraphRunner(counting.store, counting.registry)
     reads, listener = _result_reads(counting)
+    x = f"x4-{passed}"
     try:
-        soon = time.monotonic() + 60
-        first = runner.run(hit_job(counting, "x4", steps=steps, recorded={}, recorded_until=soon))
-        assert calls == ["x4:e1:hit"]
+        soon = (time.monotonic() + 60, counting.store.clock() + 60)
+        first = runner.run(hit_job(counting, x, steps=steps, recorded={}, recorded_until=soon))
+        assert calls == [f"{x}:e1:hit"]
         assert reads == []
-        # the deadline passed: the key is read, the recorded result found and returned
-        past = time.monotonic() - 1
-        again = runner.run(hit_job(counting, "x4", steps=steps, recorded={}, recorded_until=past))
-        assert calls == ["x4:e1:hit"]
+        if passed == "monotonic":
+            late = (time.monotonic() - 1, counting.store.clock() + 60)
+        else:
+            late = (time.monotonic() + 60, counting.store.clock() - 1)
+        again = runner.run(hit_job(counting, x, steps=steps, recorded={}, recorded_until=late))
+        assert calls == [f"{x}:e1:hit"]
         assert len(reads) == 1
         assert again.outcomes[0].result == first.outcomes[0].result == {"n": 1}
     finally:

@@ -220,3 +220,20 @@ def test_every_transaction_runs_at_the_level_it_asked_for(
         assert seen == [level.lower() for level in levels]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_level_a_session_set_for_itself_does_not_reach_a_later_transaction(
+    store: SQLStore,
+) -> None:
+    """SQL of an action may change its session's default level; a later transaction asking
+    for the server's default on that pooled connection still runs at it."""
+    with store.action_write("READ COMMITTED", tenant=TENANT) as conn:
+        conn.execute(
+            sa.text("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        )
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    with store.action_write("READ COMMITTED", tenant=TENANT) as conn:
+        assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() == pid
+        level = conn.execute(sa.text("SHOW transaction_isolation")).scalar_one()
+    assert level == "read committed"

@@ -80,3 +80,34 @@ def test_pooled_connections_the_server_dropped_are_replaced_without_an_error(
                 )
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("transaction", ["read", "action_write"])
+def test_every_pooled_connection_dropped_by_a_restart_is_replaced(
+    pg_url: str, transaction: str
+) -> None:
+    """After a restart the pool holds several dead connections: the first one found dead
+    must retire them all (as SQLAlchemy does for its own statements), so the next
+    transaction does not take the next dead one and fail."""
+    store = SQLStore(pg_url)
+    try:
+
+        def begin() -> contextlib.AbstractContextManager[sa.Connection]:
+            if transaction == "read":
+                return store.read(tenant="acme")
+            return store.action_write("READ COMMITTED", tenant="acme")
+
+        pids = []
+        with contextlib.ExitStack() as stack:
+            for _ in range(4):  # four at once: four connections in the pool
+                conn = stack.enter_context(begin())
+                pids.append(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+        assert len(set(pids)) == 4
+        with psycopg.connect(PG_ADMIN, autocommit=True) as other:
+            for pid in pids:
+                other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for _ in range(4):
+            with begin() as conn:
+                assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() not in pids
+    finally:
+        store.close()

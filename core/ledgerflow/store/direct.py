@@ -92,11 +92,12 @@ class _Plan:
     processors: Mapping[str, Callable[[Any], Any]]
 
 
-_PLANS: dict[tuple[int, tuple[str, ...], bool], _Plan] = {}
+_PLANS: dict[tuple[int, int, tuple[str, ...], bool], _Plan] = {}
 
 
 def _plan(conn: Connection, statement: Any, keys: tuple[str, ...], many: bool) -> _Plan:
-    compiled = statement.compile(dialect=conn.dialect, column_keys=list(keys), for_executemany=many)
+    dialect = conn.dialect
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=many)
     direct = not (
         compiled.literal_execute_params
         or compiled.post_compile_params
@@ -107,21 +108,25 @@ def _plan(conn: Connection, statement: Any, keys: tuple[str, ...], many: bool) -
         or compiled.schema_translate_map
     )
     plan = _Plan(
-        statement,
+        (statement, dialect),
         compiled.string if direct else None,
         compiled,
         dict(compiled._bind_processors),
     )
-    _PLANS[(id(statement), keys, many)] = plan
+    _PLANS[(id(statement), id(dialect), keys, many)] = plan
     return plan
 
 
 def _listened(conn: Connection) -> bool:
     dispatch = conn.dispatch
     return bool(
-        dispatch.before_cursor_execute
+        dispatch.before_execute
+        or dispatch.after_execute
+        or dispatch.before_cursor_execute
         or dispatch.after_cursor_execute
         or conn.dialect.dispatch.handle_error
+        or conn.dialect.dispatch.do_execute
+        or conn.dialect.dispatch.do_executemany
     )
 
 
@@ -133,7 +138,8 @@ def run(
     """Run ``statement`` (built once, kept for the process's life: a module constant or a
     cached statement, never one built per call) with ``params`` in ``conn``'s transaction;
     a list of parameter sets runs it once for each. Returns :class:`Rows`, or SQLAlchemy's
-    own result where the statement went through SQLAlchemy; both read alike."""
+    own result where the statement went through SQLAlchemy; both read as :class:`Rows`
+    does."""
     if psycopg is None or conn.dialect.driver != "psycopg" or _listened(conn):
         return conn.execute(statement, params)
     many = isinstance(params, Sequence)
@@ -141,13 +147,18 @@ def run(
     if not given:
         return conn.execute(statement, params)
     keys = tuple(given[0])
-    plan = _PLANS.get((id(statement), keys, many)) or _plan(conn, statement, keys, many)
+    plan = _PLANS.get((id(statement), id(conn.dialect), keys, many))
+    if plan is None:
+        plan = _plan(conn, statement, keys, many)
     if plan.sql is None:
         return conn.execute(statement, params)
     processors = plan.processors
     bound = []
     for values in given:
-        compiled_params = plan.compiled.construct_params(values, escape_names=False)
+        try:
+            compiled_params = plan.compiled.construct_params(values, escape_names=False)
+        except sa.exc.InvalidRequestError:
+            return conn.execute(statement, params)  # SQLAlchemy's own error, as it says it
         for name, process in processors.items():
             compiled_params[name] = process(compiled_params[name])
         bound.append(compiled_params)
@@ -163,16 +174,9 @@ def run(
         else:
             cursor.execute(plan.sql, bound[0])
         rows = cursor.fetchall() if cursor.description is not None else []
-    except psycopg.Error as exc:
-        dropped = conn.dialect.is_disconnect(exc, raw, cursor)  # type: ignore[arg-type]
-        if dropped and not conn.invalidated:
-            conn.invalidate(exc)
-        raise sa.exc.DBAPIError.instance(
-            plan.sql,
-            bound if many else bound[0],
-            exc,
-            psycopg.Error,
-            dialect=conn.dialect,
-            connection_invalidated=dropped,
-        ) from exc
+    except BaseException as exc:
+        # what SQLAlchemy does with an error of its own execution (the same exception class,
+        # a dropped connection invalidated with every older one of its pool, error hooks),
+        # with the cursor kept: it stays this connection's
+        conn._handle_dbapi_exception(exc, plan.sql, bound if many else bound[0], None, None)
     return Rows(rows, cursor.rowcount)

@@ -992,15 +992,28 @@ class SQLStore:
         role's transaction, whose tenant carries its seal (and whose connection is checked to
         be confined when it is new)."""
         level = options.get("isolation_level")
-        if level is not None and level == getattr(pool.dialect, "default_isolation_level", None):
-            # the pool's connections are at the server's default level between transactions:
-            # asking for it again would only set it on the connection and set it back
+        named: Any = None
+        if (
+            level is not None
+            and level == getattr(pool.dialect, "default_isolation_level", None)
+            and pool.dialect.driver == "psycopg"
+        ):
+            # the server's default level: asked of psycopg directly, which names it in BEGIN
+            # (so no level a session set for itself applies), instead of through SQLAlchemy,
+            # which sets it on the connection and sets it back for every transaction
+            import psycopg
+
+            named = psycopg.IsolationLevel[level.replace(" ", "_")]
             options = {k: v for k, v in options.items() if k != "isolation_level"}
         for attempt in range(2):
             conn = _checkout(pool)
             try:
                 if options:
                     conn = conn.execution_options(**options)
+                if named is not None:
+                    driver = conn.connection.driver_connection
+                    if driver.isolation_level != named:  # type: ignore[union-attr]
+                        driver.isolation_level = named  # type: ignore[union-attr]
                 transaction = conn.begin()
                 self._set_tenant(conn, tenant, sealed=sealed)
                 if sealed and not conn.info.get("ledgerflow_confined"):
@@ -1040,7 +1053,9 @@ class SQLStore:
         scope = (tenant if tenant is not None else _TENANT_SCOPE.get()) or ""
         if sealed:
             seal = self._seal(conn, scope)
-            direct.run(conn, _SET_SEALED_TENANT, {"tenant": scope, "seal": seal})
+            # through SQLAlchemy, its cursor closed at once: no result holding the seal is
+            # left on the connection the action's code is handed
+            conn.execute(_SET_SEALED_TENANT, {"tenant": scope, "seal": seal}).close()
         else:
             direct.run(conn, _SET_TENANT, {"tenant": scope})
 
