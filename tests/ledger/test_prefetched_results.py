@@ -69,16 +69,7 @@ def test_a_simple_action_missing_from_a_stale_read_ahead_is_not_run_again(
     counting: Engine,
 ) -> None:
     calls: list[str] = []
-
-    @counting.registry.action("test.remember", additional_params=True)
-    def remember(params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
-        calls.append(ctx.idempotency_key)
-        return {"n": len(calls)}
-
-    definition = counting.definition("Counting", 1)
-    transition = next(t for t in definition.transitions if t.id == "hit")
-    step = attrs.evolve(transition.steps[0].step, action="test.remember")
-    steps = (attrs.evolve(transition.steps[0], step=step),)
+    steps = _remembering(counting, calls)
     runner = GraphRunner(counting.store, counting.registry)
     first = runner.run(hit_job(counting, "x3", steps=steps))
     again = runner.run(hit_job(counting, "x3", steps=steps, recorded={}))
