@@ -325,6 +325,9 @@ class Engine:
         self.registry = registry if registry is not None else ActionRegistry()
         self.clock = clock
         self._definitions: dict[tuple[str, int], Definition] = {}
+        # the latest version of each workflow as last read: a start checks it in the statement
+        # that creates the execution, and reads it again only when another was registered
+        self._latest: dict[str, int] = {}
         self._lock = threading.Lock()
         self.runner: StepRunner = runner or GraphRunner(
             self.store, self.registry, clock=clock, plugins=self.plugins
@@ -459,6 +462,8 @@ class Engine:
             latest = self.store.latest_version(name, conn)
             if latest is None:
                 raise WorkflowNotFoundError(f"no workflow named {name!r} is registered")
+            with self._lock:
+                self._latest[name] = latest
             version = latest
         return self._definition(name, version, conn)
 
@@ -549,32 +554,53 @@ class Engine:
         _require_name(new_id, "execution id", 64)
         event: EventReceived | None = None
         event_id: str | None = None
+        with self._lock:
+            # "latest" as last read: the creating statement checks that it still is
+            guess = self._latest.get(workflow) if version == "latest" else None
         try:
             with self.store.write(tenant=tenant) as conn:
-                # resolved and checked in the writing transaction, before its first write:
-                # one transaction for the whole call, and what is raised leaves nothing written
-                definition = self._resolve(workflow, version, conn)
-                if first is not None:
-                    self.check_event(definition, first.name, first.payload)
-                started = machine.start(definition, context=dict(context or {}))
-                _require_json(started.context, "context")
-                state = machine.fold(definition, [started])
-                if first is not None:
-                    event = EventReceived(
-                        seq=started.seq + 1, name=first.name, payload=first.payload, role=first.role
+                while True:
+                    # resolved and checked in the writing transaction, before its first write:
+                    # one transaction for the whole call, and what is raised leaves nothing
+                    # written
+                    try:
+                        if guess is not None:
+                            definition = self._definition(workflow, guess, conn)
+                        else:
+                            definition = self._resolve(workflow, version, conn)
+                        if first is not None:
+                            self.check_event(definition, first.name, first.payload)
+                        started = machine.start(definition, context=dict(context or {}))
+                        _require_json(started.context, "context")
+                    except LedgerflowError:
+                        if guess is None:
+                            raise
+                        guess = None  # judged by the latest version as read now, not as last read
+                        continue
+                    state = machine.fold(definition, [started])
+                    if first is not None:
+                        event = EventReceived(
+                            seq=started.seq + 1,
+                            name=first.name,
+                            payload=first.payload,
+                            role=first.role,
+                        )
+                    # the execution and its first event (if any) in one write (one statement
+                    # on PostgreSQL)
+                    event_ids = self.store.insert_execution(
+                        conn,
+                        new_id,
+                        tenant,
+                        state,
+                        started,
+                        then=[event] if event is not None else [],
+                        client_key=first.key if first is not None else None,
+                        published=self.broker != "database",  # _enqueued publishes it below
+                        only_if_latest=guess is not None,
                     )
-                # the execution and its first event (if any) in one write (one statement on
-                # PostgreSQL)
-                event_ids = self.store.insert_execution(
-                    conn,
-                    new_id,
-                    tenant,
-                    state,
-                    started,
-                    then=[event] if event is not None else [],
-                    client_key=first.key if first is not None else None,
-                    published=self.broker != "database",  # _enqueued publishes it below
-                )
+                    if event_ids is not None:
+                        break
+                    guess = None  # another version was registered since: read it, then redo
                 event_id = event_ids[0] if event_ids else None
                 _arm_timers(self.store, conn, definition, new_id, tenant, started.seq, state)
         except sa.exc.IntegrityError as exc:

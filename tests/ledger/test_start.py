@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 import sqlalchemy as sa
 
+import invoice_app
+import ledgerflow
 from ledgerflow.engine import Engine
 from ledgerflow.errors import InvalidEventError, InvalidInputError, WorkflowNotFoundError
+from ledgerflow.store import ALL_TENANTS
 from ledgerflow.worker import Worker
 
 TENANT = "acme"
@@ -125,3 +129,81 @@ def test_on_postgresql_start_writes_in_one_statement(engine: Engine) -> None:
             {"x": x},
         ).all()
     assert [(w.event_id, w.published_at) for w in wakeups] == [(event_id, None)]
+
+
+def _renamed_first_event(engine: Engine, version: int, event: str) -> ledgerflow.Workflow:
+    """InvoiceApproval at ``version``, its first transition on ``event`` instead."""
+    workflow = engine.definition("InvoiceApproval", 1).workflow
+    was = workflow.transitions[0].on
+    first = attrs.evolve(workflow.transitions[0], on=event)
+    events = {event if name == was else name: spec for name, spec in workflow.events.items()}
+    return attrs.evolve(
+        workflow, version=version, events=events, transitions=(first, *workflow.transitions[1:])
+    )
+
+
+def test_a_start_takes_the_version_another_process_registered_since(db_url: str) -> None:
+    """The latest version is remembered from one start to the next, and checked by the write
+    itself: a version registered elsewhere meanwhile is the one a later start pins, and its
+    events are the ones it is judged by."""
+    here, elsewhere = Engine(db_url), Engine(db_url)
+    try:
+        invoice_app.setup(here)
+        first, _ = here.start(
+            "InvoiceApproval", "CreateInvoice", tenant=TENANT, role="clerk", payload=PAYLOAD
+        )
+        elsewhere.register(_renamed_first_event(here, 2, "OpenInvoice"))
+        # here remembers version 1, which knows CreateInvoice and not OpenInvoice
+        second, _ = here.start(
+            "InvoiceApproval", "OpenInvoice", tenant=TENANT, role="clerk", payload=PAYLOAD
+        )
+        elsewhere.register(_renamed_first_event(here, 3, "DraftInvoice"))
+        before = here.store.row_counts()
+        with pytest.raises(InvalidEventError):
+            # version 3 is the latest now, and it no longer knows OpenInvoice
+            here.start(
+                "InvoiceApproval", "OpenInvoice", tenant=TENANT, role="clerk", payload=PAYLOAD
+            )
+        assert here.store.row_counts() == before
+        third = here.create_execution("InvoiceApproval", tenant=TENANT)
+        versions = [here.get_execution(x, tenant=TENANT).version for x in (first, second, third)]
+        assert versions == [1, 2, 3]
+    finally:
+        here.close()
+        elsewhere.close()
+
+
+def test_a_start_after_the_workflow_is_gone_says_so_and_writes_nothing(engine: Engine) -> None:
+    engine.start("InvoiceApproval", "CreateInvoice", tenant=TENANT, role="clerk", payload=PAYLOAD)
+    with engine.store.write(tenant=ALL_TENANTS) as conn:
+        conn.execute(sa.text("DELETE FROM lf_definitions WHERE name = 'InvoiceApproval'"))
+    before = engine.store.row_counts()
+    with pytest.raises(WorkflowNotFoundError, match="no workflow named 'InvoiceApproval'"):
+        engine.start(
+            "InvoiceApproval", "CreateInvoice", tenant=TENANT, role="clerk", payload=PAYLOAD
+        )
+    assert engine.store.row_counts() == before
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_on_postgresql_a_second_start_does_not_look_the_latest_version_up(engine: Engine) -> None:
+    """The first start reads the latest version; the next ones only check it, in the statement
+    that writes: one round trip less per start."""
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    call: dict[str, Any] = {"tenant": TENANT, "role": "clerk", "payload": PAYLOAD}
+    sa.event.listen(engine.store.engine, "before_cursor_execute", seen)
+    try:
+        engine.start("InvoiceApproval", "CreateInvoice", **call)
+        first, statements[:] = list(statements), []
+        engine.start("InvoiceApproval", "CreateInvoice", **call)
+    finally:
+        sa.event.remove(engine.store.engine, "before_cursor_execute", seen)
+    assert any("max(lf_definitions.version)" in s for s in first), first
+    assert len(statements) == len(first) - 1, statements
+    assert not any(s.startswith("SELECT max(") for s in statements), statements
+    (write,) = [s for s in statements if s.startswith("WITH")]
+    assert "(SELECT max(version) FROM lf_definitions" in write

@@ -249,36 +249,66 @@ at most 65,535 parameters, and each shape is a statement of its own)."""
 # must live on (ledgerflow.store.direct keeps what it compiled for it by its identity)
 @functools.cache
 def _appending(
-    columns: tuple[str, ...], count: int, execution: tuple[str, ...], wakeups: bool
+    columns: tuple[str, ...],
+    count: int,
+    execution: tuple[str, ...],
+    wakeups: bool,
+    only_if_latest: bool = False,
 ) -> sa.TextClause:
     """One PostgreSQL statement that inserts an execution row (its ``execution`` columns,
     if any; parameters ``x_<column>``), ``count`` ledger rows (their ``columns``;
     parameters ``r<n>_<column>``) and, if ``wakeups``, an outbox row for each appended
     ``event_received`` record (``wakeup_created_at``, ``wakeup_relayed_at``):
-    data-modifying CTEs, one round trip. Built once per shape, as text, so SQLAlchemy's
-    statement cache keeps it (it cannot cache such CTEs built from table objects)."""
+    data-modifying CTEs, one round trip. ``only_if_latest`` (with an execution): nothing is
+    written unless ``x_version`` is the highest version registered for ``x_workflow``. The
+    statement's one value is how many executions it created (0 or 1) when it creates one,
+    else how many ledger rows. Built once per shape, as text, so SQLAlchemy's statement
+    cache keeps it (it cannot cache such CTEs built from table objects)."""
     typed = [*_typed_params(events, columns, [f"r{n}_" for n in range(count)])]
-    values = ", ".join("(" + ", ".join(f":r{n}_{c}" for c in columns) + ")" for n in range(count))
+
+    def value(name: str, column: str) -> str:
+        # a DOUBLE PRECISION parameter is sent untyped: cast, so a row of NULLs selected from
+        # VALUES keeps its columns' types
+        if isinstance(events.c[column].type, sa.Double):
+            return f"CAST(:{name} AS DOUBLE PRECISION)"
+        return f":{name}"
+
+    values = ", ".join(
+        "(" + ", ".join(value(f"r{n}_{c}", c) for c in columns) + ")" for n in range(count)
+    )
     parts = []
     if execution:
         typed += _typed_params(executions, execution, ["x_"])
+        given = ", ".join(f":x_{c}" for c in execution)
+        if only_if_latest:
+            # the check and the insert in one statement: the version a concurrent
+            # registration adds either is seen here or commits after this row
+            source = (
+                f"SELECT {given} WHERE :x_version = "
+                "(SELECT max(version) FROM lf_definitions WHERE name = :x_workflow)"
+            )
+        else:
+            source = f"VALUES ({given})"
         parts.append(
-            f"created AS (INSERT INTO lf_executions ({', '.join(execution)}) "
-            f"VALUES ({', '.join(f':x_{c}' for c in execution)}))"
+            f"created AS (INSERT INTO lf_executions ({', '.join(execution)}) {source} RETURNING id)"
         )
+    if only_if_latest and execution:
+        rows = f"SELECT * FROM (VALUES {values}) AS given WHERE EXISTS (SELECT FROM created)"
+    else:
+        rows = f"VALUES {values}"
     parts.append(
-        f"appended AS (INSERT INTO lf_events ({', '.join(columns)}) VALUES {values} "
+        f"appended AS (INSERT INTO lf_events ({', '.join(columns)}) {rows} "
         "RETURNING execution_id, tenant, event_id, kind)"
     )
     if wakeups:
-        main = (
-            "INSERT INTO lf_outbox (execution_id, tenant, event_id, created_at, relayed_at) "
-            "SELECT execution_id, tenant, event_id, CAST(:wakeup_created_at AS DOUBLE PRECISION), "
+        parts.append(
+            "queued AS (INSERT INTO lf_outbox (execution_id, tenant, event_id, created_at, "
+            "relayed_at) SELECT execution_id, tenant, event_id, "
+            "CAST(:wakeup_created_at AS DOUBLE PRECISION), "
             "CAST(:wakeup_relayed_at AS DOUBLE PRECISION) FROM appended "
-            "WHERE kind = 'event_received'"
+            "WHERE kind = 'event_received')"
         )
-    else:
-        main = "SELECT count(*) FROM appended"
+    main = f"SELECT count(*) FROM {'created' if execution else 'appended'}"
     return sa.text(f"WITH {', '.join(parts)} {main}").bindparams(*typed)
 
 
@@ -1182,11 +1212,21 @@ class SQLStore:
         then: Sequence[Record] = (),
         client_key: str | None = None,
         published: bool = False,
-    ) -> list[str]:
+        only_if_latest: bool = False,
+    ) -> list[str] | None:
         """Create an execution: its projection and the first record of its ledger, followed
         by the records ``then`` (appended as :meth:`insert_records` appends them, with
         ``client_key`` and ``published``); returns the event ids of ``then``. On PostgreSQL
-        it is one statement."""
+        it is one statement.
+
+        With ``only_if_latest``, the execution is created only if its version
+        (``state.version``) is the highest registered for its workflow when it is written,
+        which the same statement checks: ``None`` is returned, with nothing written, if it is
+        not."""
+        if only_if_latest and not self._appends_in_one_statement(1 + len(then)):
+            if self.latest_version(state.workflow, conn) != state.version:
+                return None
+            only_if_latest = False  # checked in this transaction, as the statement would
         now = self.clock()
         execution = {
             "id": execution_id,
@@ -1209,8 +1249,9 @@ class SQLStore:
             client_key=client_key,
             published=published,
             execution=execution,
+            only_if_latest=only_if_latest,
         )
-        return ids[1:]
+        return None if ids is None else ids[1:]
 
     def execution_row(self, conn: Connection, execution_id: str, tenant: str) -> Any:
         """The execution's row, or ``None`` if it does not exist for ``tenant``."""
@@ -1262,9 +1303,11 @@ class SQLStore:
         A seq already taken raises :class:`sqlalchemy.exc.IntegrityError`: the optimistic
         concurrency check on ``(execution_id, seq)``.
         """
-        return self._insert_records(
+        ids = self._insert_records(
             conn, execution_id, tenant, records, client_key=client_key, published=published
         )
+        assert ids is not None  # only a guarded creation writes nothing
+        return ids
 
     def _insert_records(
         self,
@@ -1276,9 +1319,12 @@ class SQLStore:
         client_key: str | None,
         published: bool,
         execution: dict[str, Any] | None = None,
-    ) -> list[str]:
+        only_if_latest: bool = False,
+    ) -> list[str] | None:
         """:meth:`insert_records`, after inserting the ``execution`` row if given: on
-        PostgreSQL, the execution, the records and their wake-ups in one statement."""
+        PostgreSQL, the execution, the records and their wake-ups in one statement, which
+        with ``only_if_latest`` (given only when it is one statement) writes nothing and
+        gives ``None`` unless the execution's version is its workflow's latest."""
         now = self.clock()
         rows: list[dict[str, Any]] = []
         wakeups: list[dict[str, Any]] = []
@@ -1316,7 +1362,7 @@ class SQLStore:
                 )
         # on PostgreSQL one statement, whatever is appended: a worker's commit of an event's
         # records too (psycopg's executemany pipelines the rows, at several times the CPU)
-        if self.dialect == "postgresql" and 0 < len(rows) <= _APPEND_IN_ONE_STATEMENT:
+        if self._appends_in_one_statement(len(rows)):
             columns = tuple(rows[0])
             params = {f"r{n}_{c}": row[c] for n, row in enumerate(rows) for c in columns}
             if execution is not None:
@@ -1324,9 +1370,14 @@ class SQLStore:
             if wakeups:
                 params["wakeup_created_at"] = now
                 params["wakeup_relayed_at"] = now if published else None
-            statement = _appending(columns, len(rows), tuple(execution or ()), bool(wakeups))
-            direct.run(conn, statement, params)
+            statement = _appending(
+                columns, len(rows), tuple(execution or ()), bool(wakeups), only_if_latest
+            )
+            written = direct.run(conn, statement, params).scalar()
+            if only_if_latest and not written:
+                return None
         else:
+            assert not only_if_latest, "checked before, outside the statement"
             if execution is not None:
                 direct.run(conn, _INSERT_EXECUTION, execution)
             if rows:
@@ -1338,6 +1389,10 @@ class SQLStore:
             # broker (and a NOTIFY would queue every notifying commit behind one lock)
             direct.run(conn, _NOTIFY, {"execution_id": execution_id})
         return [row["event_id"] for row in rows]
+
+    def _appends_in_one_statement(self, count: int) -> bool:
+        """Whether :meth:`_insert_records` writes ``count`` records in one statement."""
+        return self.dialect == "postgresql" and 0 < count <= _APPEND_IN_ONE_STATEMENT
 
     def records(
         self, conn: Connection, execution_id: str, tenant: str, *, after: int = 0

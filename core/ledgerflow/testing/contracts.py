@@ -43,6 +43,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
+import attrs
 import pytest
 import sqlalchemy as sa
 
@@ -371,6 +372,34 @@ class StoreContract(abc.ABC):
         ]
         with pytest.raises(sa.exc.IntegrityError), store.write() as conn:
             store.insert_definition(conn, name, 1, {"changed": True}, "h3")
+
+    def test_an_execution_of_a_version_no_longer_latest_is_not_created_when_asked(
+        self, store: SQLStore
+    ) -> None:
+        name = f"Contract{uuid.uuid4().hex[:8]}"
+        with store.write() as conn:
+            store.insert_definition(conn, name, 1, {"name": name, "version": 1}, "h1")
+        state = attrs.evolve(_state(1), workflow=name)
+        started = ExecutionStarted(seq=1, workflow=name, version=1, context={})
+        event = EventReceived(seq=2, name="go", payload={})
+        ids = [f"c-{uuid.uuid4().hex[:16]}" for _ in range(3)]
+        with store.write() as conn:
+            assert store.insert_execution(
+                conn, ids[0], self.tenant, state, started, then=[event], only_if_latest=True
+            )
+            store.insert_definition(conn, name, 2, {"name": name, "version": 2}, "h2")
+        with store.write() as conn:
+            refused = store.insert_execution(
+                conn, ids[1], self.tenant, state, started, then=[event], only_if_latest=True
+            )
+            assert refused is None
+            # without asking, any version is created
+            assert store.insert_execution(conn, ids[2], self.tenant, state, started) == []
+        assert self.ledger(store, ids[0]) == [started, event]
+        assert self.ledger(store, ids[1]) == []
+        with store.read() as conn:
+            assert store.execution_row(conn, ids[1], self.tenant) is None
+            assert store.execution_row(conn, ids[2], self.tenant) is not None
 
 
 class BrokerTransportContract(abc.ABC):
