@@ -415,7 +415,9 @@ def render(results: dict[str, Any], summary: Sequence[dict[str, Any]]) -> str:
         "PostgreSQL); the actions are database actions (READ COMMITTED): the write commits with "
         "the step's result record, exactly once, and every event and step is in the ledger. "
         f"Redis Streams: ledgerflow-redis with {STREAMS} streams.",
-        "- **DBOS Transact**: two queue-worker processes (queue polled every 50 ms), a "
+        "- **DBOS Transact**: two queue-worker processes, each its own executor running at "
+        "most 10 workflows at once (the queue's `worker_concurrency`, connection pools as "
+        "large; queue polled every 50 ms), a "
         "`DBOSClient` that enqueues; A, B and C run in sequence in the workflow. *Steps*: each "
         "action a `@DBOS.step` committing its own transaction (at least once); *datasource "
         "transactions*: a `SQLAlchemyDatasource` transaction at READ COMMITTED, output recorded "

@@ -2,12 +2,18 @@
 documentation recommends: a queue worker service and a client that enqueues.
 
 Runs in the peers' environment (``benchmarks/.venv-peers``). Two worker processes
-(``python peer_dbos.py worker MODE SYSTEM_DB APP_DB``) each configure DBOS on a PostgreSQL
-system database, register the queue ``bench`` and launch; the client is a ``DBOSClient`` on the
-same system database calling ``enqueue`` once per workflow. The ``invoice`` workflow runs its
-actions A, B and C in sequence (each is a checkpointed operation; running A and B at once would
-take child workflows on a queue, more database writes than two millisecond steps cost), in one
-of two modes:
+(``python peer_dbos.py worker MODE SYSTEM_DB APP_DB READY_DIR``) each configure DBOS on a
+PostgreSQL system database as an executor of its own, launch and register the queue ``bench``
+with a worker concurrency of ten workflows (its connection pools as large), as DBOS's queue
+guide recommends; the client is a ``DBOSClient`` on the same system database calling
+``enqueue`` once per workflow. Without the concurrency limit a worker starts every workflow it
+dequeues at once, each on a thread of its own, and under a backlog of a few thousand those
+queue for the datasource's connections until SQLAlchemy's 30 s pool timeout fails their
+transaction step, which DBOS does not retry: the workflow ends in ``ERROR``.
+
+The ``invoice`` workflow runs its actions A, B and C in sequence (each is a checkpointed
+operation; running A and B at once would take child workflows on a queue, more database writes
+than two millisecond steps cost), in one of two modes:
 
 - ``steps``: each action is a ``@DBOS.step`` that commits its write in a transaction of its own,
   and DBOS checkpoints the step's output after it: at least once;
@@ -20,10 +26,12 @@ The ``steps`` workflow is ten ``@DBOS.step`` calls; the tenth writes the complet
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,17 +40,26 @@ import workload
 
 QUEUE = "bench"
 POLLING_INTERVAL = 0.05  # seconds between a worker's looks at the queue (the default is 1)
+# workflows one worker runs at once (the queue's worker_concurrency); without it a worker starts
+# every workflow it dequeues, each on a thread of its own, and they queue for the connections
+WORKER_CONCURRENCY = 10
 
 
-def serve(mode: str, system_url: str, app_url: str) -> None:
-    """A DBOS worker process, until SIGTERM."""
+def serve(mode: str, system_url: str, app_url: str, ready_dir: str) -> None:
+    """A DBOS worker process, until SIGTERM; it says it has launched with a file of its own in
+    ``ready_dir``."""
+    # each process an executor of its own, as DBOS asks of processes sharing a system
+    # database: recovery at launch takes over only the pending workflows of its own executor
+    os.environ["DBOS__VMID"] = f"bench-{os.getpid()}"
     from dbos import DBOS, DBOSConfig, SQLAlchemyDatasource
 
     DBOS(config=DBOSConfig(name="bench", system_database_url=system_url, log_level="WARNING"))
-    engine = sa.create_engine(app_url, pool_size=10)
+    engine = sa.create_engine(app_url, pool_size=WORKER_CONCURRENCY)
 
     if mode == "transactions":
-        datasource = SQLAlchemyDatasource.create(app_url)
+        datasource = SQLAlchemyDatasource.create(
+            app_url, engine_kwargs={"pool_size": WORKER_CONCURRENCY}
+        )
 
         @datasource.transaction(name="effect", isolation_level="READ COMMITTED")
         def effect(workflow: str, action: str) -> int | None:
@@ -82,7 +99,10 @@ def serve(mode: str, system_url: str, app_url: str) -> None:
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
     DBOS.launch()
-    DBOS.register_queue(QUEUE, polling_interval_sec=POLLING_INTERVAL)
+    DBOS.register_queue(
+        QUEUE, worker_concurrency=WORKER_CONCURRENCY, polling_interval_sec=POLLING_INTERVAL
+    )
+    (Path(ready_dir) / str(os.getpid())).touch()
     stopped.wait()
     DBOS.destroy()
 
@@ -100,6 +120,8 @@ class DBOSSystem:
         self.system_url: str = config["system_url"]
         self.effects_url: str = config["effects_url"]
         self.processes: int = config["processes"]
+        self.ready_dir = Path(config["logdir"]) / f"{config['label']}-ready"
+        self.ready_dir.mkdir(parents=True, exist_ok=True)
         # the workers create the system database's schema at launch; the client waits for it
         self.client: DBOSClient | None = None
 
@@ -111,17 +133,8 @@ class DBOSSystem:
         return self.client
 
     def ready(self) -> bool:
-        """Whether every worker has launched: the schema exists and each has registered."""
-        engine = sa.create_engine(self.system_url)
-        try:
-            with engine.connect() as conn:
-                if conn.execute(sa.text("SELECT to_regclass('dbos.queues')")).scalar() is None:
-                    return False
-                return bool(conn.execute(sa.text("SELECT count(*) FROM dbos.queues")).scalar())
-        except sa.exc.DBAPIError:
-            return False
-        finally:
-            engine.dispose()
+        """Whether every worker has launched and registered the queue (each leaves a file)."""
+        return len(list(self.ready_dir.iterdir())) >= self.processes
 
     def worker_commands(self) -> list[list[str]]:
         command = [
@@ -131,6 +144,7 @@ class DBOSSystem:
             self.mode,
             self.system_url,
             self.effects_url,
+            str(self.ready_dir),
         ]
         return [command] * self.processes
 
@@ -150,6 +164,6 @@ class DBOSSystem:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["worker"]:
-        serve(*sys.argv[2:5])
+        serve(*sys.argv[2:6])
     else:
         sys.exit(workload.peer_main(DBOSSystem))
