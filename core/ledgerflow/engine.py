@@ -1137,9 +1137,12 @@ class Engine:
             arrived = self.store.records(conn, execution_id, tenant, after=state.seq)
             waiting = [a for a in arrived if a.record.kind == "event_received"]
             if not waiting:
-                self.store.mark_handled(conn, execution_id)
-                if release:
-                    self.store.give_up_lease(conn, execution_id, lease.owner, lease.token)
+                self.store.finish(
+                    conn,
+                    execution_id,
+                    handled=True,
+                    release=(lease.owner, lease.token) if release else None,
+                )
         return machine.fold(definition, [a.record for a in arrived], state), waiting
 
     def _process_event(
@@ -1187,19 +1190,20 @@ class Engine:
                     self.store.insert_records(conn, execution_id, tenant, new)
                     after = machine.fold(definition, new, base)
                     _reset_timers(self.store, conn, definition, execution_id, tenant, new, after)
-                    for seq, status, outcome, detail in plan.outcomes:
-                        self.store.set_event_outcome(
-                            conn, execution_id, seq, status=status, outcome=outcome, detail=detail
-                        )
-                    self.store.save_projection(conn, execution_id, after)
                     every = self.store.snapshot_every
                     if every > 0 and after.seq // every > state.seq // every:
                         self.store.save_snapshot(conn, execution_id, tenant, after)
                     waiting = [a for a in arrived if a.record.kind == "event_received"]
-                    if not waiting:
-                        self.store.mark_handled(conn, execution_id)
-                        if release:
-                            self.store.give_up_lease(conn, execution_id, lease.owner, lease.token)
+                    # the outcomes, the projection, and with nothing waiting the wake-ups
+                    # handled and the lease given up: one statement on PostgreSQL
+                    self.store.finish(
+                        conn,
+                        execution_id,
+                        outcomes=plan.outcomes,
+                        projection=after,
+                        handled=not waiting,
+                        release=(lease.owner, lease.token) if release and not waiting else None,
+                    )
                 self._announce(execution_id, tenant, stored, plan, new, base, after)
                 return after, waiting
             except sa.exc.IntegrityError:

@@ -312,6 +312,57 @@ def _appending(
     return sa.text(f"WITH {', '.join(parts)} {main}").bindparams(*typed)
 
 
+# every shape kept, as for _appending: a few outcomes at most, times eight
+@functools.cache
+def _finishing(outcomes: int, projection: bool, handled: bool, release: bool) -> sa.TextClause:
+    """One PostgreSQL statement that records ``outcomes`` events' outcomes (parameters
+    ``o<n>_seq``, ``o<n>_status``, ``o<n>_outcome``, ``o<n>_detail``, ``processed_at``),
+    saves the ``projection`` (``p_<column>``), marks the execution's wake-ups ``handled``
+    (``published_at``) and gives up the lease (``release``: ``owner``, ``token``), for
+    ``execution_id``: data-modifying CTEs, one round trip.
+
+    Every part of one statement sees the database as it was before the statement: a wake-up
+    whose event is decided here still sees it pending, so those events are told apart by
+    their seqs."""
+    typed: list[sa.BindParameter[Any]] = [
+        sa.bindparam("execution_id", type_=events.c.execution_id.type)
+    ]
+    parts = []
+    seqs = [f":o{n}_seq" for n in range(outcomes)]
+    for n in range(outcomes):
+        typed += _typed_params(events, ("seq", "status", "outcome", "detail"), [f"o{n}_"])
+        parts.append(
+            f"decided{n} AS (UPDATE lf_events SET status = :o{n}_status, "
+            f"outcome = :o{n}_outcome, detail = :o{n}_detail, "
+            "processed_at = CAST(:processed_at AS DOUBLE PRECISION) "
+            f"WHERE execution_id = :execution_id AND seq = :o{n}_seq)"
+        )
+    if projection:
+        columns = ("state", "context", "status", "projection_seq", "decided_seq")
+        typed += _typed_params(executions, columns, ["p_"])
+        assigned = ", ".join(f"{c} = :p_{c}" for c in columns)
+        parts.append(
+            f"projected AS (UPDATE lf_executions SET {assigned}, "
+            "updated_at = CAST(:p_updated_at AS DOUBLE PRECISION) WHERE id = :execution_id)"
+        )
+    if handled:
+        decided_here = f" AND lf_events.seq NOT IN ({', '.join(seqs)})" if seqs else ""
+        parts.append(
+            "handled AS (UPDATE lf_outbox SET published_at = "
+            "CAST(:published_at AS DOUBLE PRECISION) WHERE execution_id = :execution_id "
+            "AND published_at IS NULL AND NOT EXISTS (SELECT FROM lf_events "
+            "WHERE lf_events.event_id = lf_outbox.event_id AND lf_events.status = 'pending'"
+            f"{decided_here}))"
+        )
+    if release:
+        typed += _typed_params(leases, ("owner", "token"), [""])
+        parts.append(
+            "released AS (UPDATE lf_leases SET expires_at = 0 WHERE execution_id = :execution_id "
+            "AND owner = :owner AND token = :token)"
+        )
+    return sa.text(f"WITH {', '.join(parts)} SELECT 1").bindparams(*typed)
+
+
 def _typed_params(
     table: sa.Table, columns: Sequence[str], prefixes: Sequence[str]
 ) -> list[sa.BindParameter[Any]]:
@@ -1601,6 +1652,69 @@ class SQLStore:
                 .limit(1)
             ).first()
             return pending is not None
+
+    def finish(
+        self,
+        conn: Connection,
+        execution_id: str,
+        *,
+        outcomes: Sequence[tuple[int, str, str | None, str | None]] = (),
+        projection: State | None = None,
+        handled: bool = False,
+        release: tuple[str, int] | None = None,
+    ) -> None:
+        """Inside a write transaction that renewed the lease (:meth:`fence`), what ends the
+        processing of events: record each ``(seq, status, outcome, detail)`` of ``outcomes``
+        (:meth:`set_event_outcome`), save ``projection`` (:meth:`save_projection`), mark the
+        wake-ups ``handled`` (:meth:`mark_handled`, the events decided here counting as
+        decided) and give up the lease ``release`` (``owner``, ``token``;
+        :meth:`give_up_lease`). On PostgreSQL it is one statement."""
+        if not (outcomes or projection is not None or handled or release is not None):
+            return
+        # the one statement counts the events of ``outcomes`` as decided: one set back to
+        # pending (none is, as the engine decides) goes statement by statement
+        if self.dialect != "postgresql" or any(o[1] == "pending" for o in outcomes):
+            for seq, status, outcome, detail in outcomes:
+                self.set_event_outcome(
+                    conn, execution_id, seq, status=status, outcome=outcome, detail=detail
+                )
+            if projection is not None:
+                self.save_projection(conn, execution_id, projection)
+            if handled:
+                self.mark_handled(conn, execution_id)
+            if release is not None:
+                self.give_up_lease(conn, execution_id, *release)
+            return
+        now = self.clock()
+        params: dict[str, Any] = {"execution_id": execution_id}
+        for n, (seq, status, outcome, detail) in enumerate(outcomes):
+            params.update(
+                {
+                    f"o{n}_seq": seq,
+                    f"o{n}_status": status,
+                    f"o{n}_outcome": outcome,
+                    f"o{n}_detail": detail,
+                }
+            )
+        if outcomes:
+            params["processed_at"] = now
+        if projection is not None:
+            params.update(
+                {
+                    "p_state": projection.name,
+                    "p_context": dict(projection.context),
+                    "p_status": projection.status.value,
+                    "p_projection_seq": projection.seq,
+                    "p_decided_seq": projection.decided_seq,
+                    "p_updated_at": now,
+                }
+            )
+        if handled:
+            params["published_at"] = now
+        if release is not None:
+            params["owner"], params["token"] = release
+        statement = _finishing(len(outcomes), projection is not None, handled, release is not None)
+        direct.run(conn, statement, params)
 
     def mark_handled(self, conn: Connection, execution_id: str) -> None:
         """Mark the execution's wake-ups handled, except those whose event is still pending

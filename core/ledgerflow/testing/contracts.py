@@ -57,6 +57,7 @@ from ledgerflow.model import (
     StepSucceeded,
     TransitionApplied,
 )
+from ledgerflow.store.schema import outbox
 from ledgerflow.store.sql import ALL_TENANTS, SQLStore, tenant_scope
 from ledgerflow.testing.harness import Clock
 from ledgerflow.transports import BrokerTransport, Delivery, Wakeup
@@ -197,6 +198,61 @@ class StoreContract(abc.ABC):
         )
         assert row.processed_at == clock.now
         assert store.pending_executions(10) == []
+
+    def test_finishing_decides_saves_hands_wakeups_over_and_gives_the_lease_up(
+        self, store: SQLStore, clock: Clock
+    ) -> None:
+        x = self.new_execution(store)
+        go, again = self.append(
+            store, x, EventReceived(seq=2, name="Go"), EventReceived(seq=3, name="Again")
+        )
+        token = store.take_lease(x, "w1", 30)
+        assert token is not None
+        done = attrs.evolve(_state(4, name="done", n=2), decided_seq=2)
+        clock.advance(5)
+        with store.write() as conn:
+            store.fence(conn, x, "w1", token, 30)
+            store.finish(
+                conn,
+                x,
+                outcomes=[(2, "processed", "applied", "done")],
+                projection=done,
+                handled=True,
+                release=("w1", token),
+            )
+
+        def wakeups() -> dict[str, float | None]:
+            with store.read() as conn:
+                rows = conn.execute(
+                    sa.select(outbox.c.event_id, outbox.c.published_at).where(
+                        outbox.c.execution_id == x
+                    )
+                )
+                return {r.event_id: r.published_at for r in rows}
+
+        with store.read() as conn:
+            decided = store.event_row(conn, go, self.tenant)
+            waiting = store.event_row(conn, again, self.tenant)
+            row = store.execution_row(conn, x, self.tenant)
+        assert (decided.status, decided.outcome, decided.detail) == ("processed", "applied", "done")
+        assert decided.processed_at == clock.now
+        assert waiting.status == "pending"
+        assert (row.state, row.context, row.projection_seq, row.decided_seq) == (
+            "done",
+            {"n": 2},
+            4,
+            2,
+        )
+        # the wake-up of the event decided here is handled; the one still pending is not
+        assert wakeups() == {go: clock.now, again: None}
+        # the lease was given up: anyone takes it at once
+        taken = store.take_lease(x, "w2", 30)
+        assert taken is not None
+        with store.write() as conn:
+            store.fence(conn, x, "w2", taken, 30)
+            store.finish(conn, x, outcomes=[(3, "rejected", "no_transition", None)], handled=True)
+        assert wakeups() == {go: clock.now, again: clock.now}
+        assert store.take_lease(x, "w3", 30) is None  # not given up this time
 
     # ----------------------------------------------------------------------------------------
     # Tenants
