@@ -48,12 +48,17 @@ WORKER_CONCURRENCY = 10
 def serve(mode: str, system_url: str, app_url: str, ready_dir: str) -> None:
     """A DBOS worker process, until SIGTERM; it says it has launched with a file of its own in
     ``ready_dir``."""
-    # each process an executor of its own, as DBOS asks of processes sharing a system
-    # database: recovery at launch takes over only the pending workflows of its own executor
-    os.environ["DBOS__VMID"] = f"bench-{os.getpid()}"
     from dbos import DBOS, DBOSConfig, SQLAlchemyDatasource
 
-    DBOS(config=DBOSConfig(name="bench", system_database_url=system_url, log_level="WARNING"))
+    config = DBOSConfig(
+        name="bench",
+        system_database_url=system_url,
+        log_level="WARNING",
+        # each process an executor of its own, as DBOS asks of processes sharing a system
+        # database: recovery at launch takes over only its own executor's pending workflows
+        executor_id=f"bench-{os.getpid()}",
+    )
+    DBOS(config=config)
     engine = sa.create_engine(app_url, pool_size=WORKER_CONCURRENCY)
 
     if mode == "transactions":
