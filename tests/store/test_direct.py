@@ -145,6 +145,33 @@ def test_a_statement_with_an_expanding_list_goes_through_sqlalchemy(store: SQLSt
         assert sorted(seqs) == [2, 4]
 
 
+# a literal percent sign, one parameter used twice, and SQL longer than psycopg caches the
+# parsing of (4 KiB): each once wrongly handled by one placeholder style or another
+NAMED_LIKE = sa.text(
+    "SELECT seq FROM lf_events WHERE execution_id = :x AND name LIKE 'Sub%' "
+    "AND seq > :after AND seq <> :after ORDER BY seq"
+)
+LONG = sa.text(
+    "SELECT count(*) FROM lf_events WHERE execution_id = :x AND ("
+    + " OR ".join(f"event_id = :e{n}" for n in range(300))
+    + ")"
+)
+
+
+def test_percent_signs_repeated_names_and_long_statements_run_as_written(
+    store: SQLStore,
+) -> None:
+    _fill(store, "x1", 4)
+    with store.read(tenant=TENANT) as conn:
+        params = {"x": "x1", "after": 1}
+        assert [r.seq for r in direct.run(conn, NAMED_LIKE, params)] == [2, 3, 4]
+        assert _through_sqlalchemy(conn, NAMED_LIKE, params) == [(2,), (3,), (4,)]
+        wanted = {f"e{n}": f"x1-{n}" for n in range(300)}
+        assert len(str(LONG)) > 4096
+        for _ in range(3):  # and again: nothing is kept wrongly from one call to the next
+            assert direct.run(conn, LONG, {"x": "x1", **wanted}).scalar_one() == 4
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_psycopg_runs_them_on_postgresql(store: SQLStore) -> None:
     _fill(store, "x1", 2)

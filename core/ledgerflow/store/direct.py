@@ -4,8 +4,10 @@ SQLAlchemy caches the compiled form of a statement, yet running a cached stateme
 costs about three times the client CPU that psycopg alone spends on it (an execution context,
 parameter and result processing per call). On a worker that was the largest share of its CPU.
 :func:`run` compiles each statement once per parameter shape, exactly as SQLAlchemy would
-(the same SQL, the same bind processors), and hands it to the connection's own psycopg cursor,
-inside the transaction SQLAlchemy began.
+(the same SQL, the same bind processors), with PostgreSQL's own ``$n`` placeholders, and hands
+it to a raw psycopg cursor of the connection, inside the transaction SQLAlchemy began: psycopg
+then sends the SQL as it is, instead of parsing it for placeholders at every call (which it
+does for any statement longer than it caches, an event's commit of many records among them).
 
 It promises what running the statement through SQLAlchemy promises:
 
@@ -24,6 +26,7 @@ time (expanding ``IN`` lists, defaults computed in Python), also go through SQLA
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -90,28 +93,45 @@ class _Plan:
     sql: str | None  # None: this shape goes through SQLAlchemy
     compiled: Any
     processors: Mapping[str, Callable[[Any], Any]]
+    order: tuple[str, ...]  # the parameter of each placeholder, $1 first
 
 
 _PLANS: dict[tuple[int, int, tuple[str, ...], bool], _Plan] = {}
+_DOLLAR_DIALECTS: dict[int, tuple[Any, Any]] = {}
+
+
+def _dollar(dialect: Any) -> Any:
+    """``dialect`` compiling to PostgreSQL's ``$n`` placeholders (its own paramstyle is
+    psycopg's ``%(name)s``); everything else it renders is the same."""
+    held = _DOLLAR_DIALECTS.get(id(dialect))
+    if held is None or held[0] is not dialect:
+        variant = copy.copy(dialect)
+        variant.paramstyle = "numeric_dollar"
+        variant.positional = True
+        held = _DOLLAR_DIALECTS[id(dialect)] = (dialect, variant)
+    return held[1]
 
 
 def _plan(conn: Connection, statement: Any, keys: tuple[str, ...], many: bool) -> _Plan:
     dialect = conn.dialect
-    compiled = statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=many)
+    compiled = statement.compile(
+        dialect=_dollar(dialect), column_keys=list(keys), for_executemany=many
+    )
     direct = not (
         compiled.literal_execute_params
         or compiled.post_compile_params
         or compiled.insert_prefetch
         or compiled.update_prefetch
-        or compiled.positional
         or compiled.escaped_bind_names
         or compiled.schema_translate_map
+        or not compiled.positional
     )
     plan = _Plan(
         (statement, dialect),
         compiled.string if direct else None,
         compiled,
         dict(compiled._bind_processors),
+        tuple(compiled.positiontup or ()),
     )
     _PLANS[(id(statement), id(dialect), keys, many)] = plan
     return plan
@@ -161,11 +181,12 @@ def run(
             return conn.execute(statement, params)  # SQLAlchemy's own error, as it says it
         for name, process in processors.items():
             compiled_params[name] = process(compiled_params[name])
-        bound.append(compiled_params)
+        bound.append(tuple([compiled_params[name] for name in plan.order]))
     raw = conn.connection.driver_connection
     held = conn.info.get(_CURSOR)
     if held is None or held[0] is not raw:
-        held = (raw, raw.cursor(row_factory=namedtuple_row))  # type: ignore[union-attr]
+        cursor = psycopg.RawCursor(raw, row_factory=namedtuple_row)  # type: ignore[arg-type]
+        held = (raw, cursor)
         conn.info[_CURSOR] = held
     cursor = held[1]
     try:
