@@ -1189,7 +1189,9 @@ class Engine:
                     new = plan.build(base.seq + 1)
                     self.store.insert_records(conn, execution_id, tenant, new)
                     after = machine.fold(definition, new, base)
-                    _reset_timers(self.store, conn, definition, execution_id, tenant, new, after)
+                    cancel = _reset_timers(
+                        self.store, conn, definition, execution_id, tenant, new, after, later=True
+                    )
                     every = self.store.snapshot_every
                     if every > 0 and after.seq // every > state.seq // every:
                         self.store.save_snapshot(conn, execution_id, tenant, after)
@@ -1203,6 +1205,7 @@ class Engine:
                         projection=after,
                         handled=not waiting,
                         release=(lease.owner, lease.token) if release and not waiting else None,
+                        cancel_timers=cancel,
                     )
                 self._announce(execution_id, tenant, stored, plan, new, base, after)
                 return after, waiting
@@ -1490,19 +1493,31 @@ def _reset_timers(
     tenant: str,
     new: list[Record],
     after: State,
-) -> None:
+    *,
+    later: bool = False,
+) -> bool | None:
     """Inside the transaction that commits ``new``: if it moves the execution (a transition,
     or its reversal), cancel the timers of the state left and arm those of the state entered
-    by the last move, unless the execution is finished there."""
+    by the last move, unless the execution is finished there.
+
+    With ``later``, a cancel that arms nothing after it is left to the caller, who makes it
+    in the same transaction (:meth:`~ledgerflow.store.sql.SQLStore.finish`, a statement
+    less): what is returned is then ``scheduled`` for
+    :meth:`~ledgerflow.store.sql.SQLStore.cancel_timers`, or ``None`` for nothing to cancel.
+    """
     moves = [r for r in new if isinstance(r, TransitionApplied | TransitionReverted)]
     if not moves:
-        return
+        return None
     finished = after.status is Status.COMPLETED
+    arming = not finished and bool(
+        definition.timers(after.name) or definition.deadlines(after.name)
+    )
+    if later and not arming:
+        return finished
     store.cancel_timers(conn, execution_id, scheduled=finished)
-    if finished:
-        return
-    last = moves[-1]
-    _arm_timers(store, conn, definition, execution_id, tenant, last.seq, after)
+    if arming:
+        _arm_timers(store, conn, definition, execution_id, tenant, moves[-1].seq, after)
+    return None
 
 
 def _arm_timers(

@@ -314,12 +314,15 @@ def _appending(
 
 # every shape kept, as for _appending: a few outcomes at most, times eight
 @functools.cache
-def _finishing(outcomes: int, projection: bool, handled: bool, release: bool) -> sa.TextClause:
+def _finishing(
+    outcomes: int, projection: bool, handled: bool, release: bool, cancel: bool | None = None
+) -> sa.TextClause:
     """One PostgreSQL statement that records ``outcomes`` events' outcomes (parameters
     ``o<n>_seq``, ``o<n>_status``, ``o<n>_outcome``, ``o<n>_detail``, ``processed_at``),
     saves the ``projection`` (``p_<column>``), marks the execution's wake-ups ``handled``
-    (``published_at``) and gives up the lease (``release``: ``owner``, ``token``), for
-    ``execution_id``: data-modifying CTEs, one round trip.
+    (``published_at``), gives up the lease (``release``: ``owner``, ``token``) and cancels
+    the armed timers of states (``cancel`` ``False``) or all of them (``True``;
+    ``cancelled_at``), for ``execution_id``: data-modifying CTEs, one round trip.
 
     Every part of one statement sees the database as it was before the statement: a wake-up
     whose event is decided here still sees it pending, so those events are told apart by
@@ -359,6 +362,12 @@ def _finishing(outcomes: int, projection: bool, handled: bool, release: bool) ->
         parts.append(
             "released AS (UPDATE lf_leases SET expires_at = 0 WHERE execution_id = :execution_id "
             "AND owner = :owner AND token = :token)"
+        )
+    if cancel is not None:
+        parts.append(
+            "cancelled AS (UPDATE lf_timers SET state = 'cancelled', cancelled_at = "
+            "CAST(:cancelled_at AS DOUBLE PRECISION) WHERE execution_id = :execution_id "
+            "AND state = 'armed'" + ("" if cancel else " AND kind = 'state'") + ")"
         )
     return sa.text(f"WITH {', '.join(parts)} SELECT 1").bindparams(*typed)
 
@@ -1662,14 +1671,23 @@ class SQLStore:
         projection: State | None = None,
         handled: bool = False,
         release: tuple[str, int] | None = None,
+        cancel_timers: bool | None = None,
     ) -> None:
         """Inside a write transaction that renewed the lease (:meth:`fence`), what ends the
         processing of events: record each ``(seq, status, outcome, detail)`` of ``outcomes``
         (:meth:`set_event_outcome`), save ``projection`` (:meth:`save_projection`), mark the
         wake-ups ``handled`` (:meth:`mark_handled`, the events decided here counting as
-        decided) and give up the lease ``release`` (``owner``, ``token``;
-        :meth:`give_up_lease`). On PostgreSQL it is one statement."""
-        if not (outcomes or projection is not None or handled or release is not None):
+        decided), give up the lease ``release`` (``owner``, ``token``;
+        :meth:`give_up_lease`) and, unless ``cancel_timers`` is ``None``, cancel armed timers
+        (:meth:`cancel_timers` with ``scheduled=cancel_timers``). On PostgreSQL it is one
+        statement."""
+        if not (
+            outcomes
+            or projection is not None
+            or handled
+            or release is not None
+            or cancel_timers is not None
+        ):
             return
         # the one statement counts the events of ``outcomes`` as decided: one set back to
         # pending (none is, as the engine decides) goes statement by statement
@@ -1684,6 +1702,8 @@ class SQLStore:
                 self.mark_handled(conn, execution_id)
             if release is not None:
                 self.give_up_lease(conn, execution_id, *release)
+            if cancel_timers is not None:
+                self.cancel_timers(conn, execution_id, scheduled=cancel_timers)
             return
         now = self.clock()
         params: dict[str, Any] = {"execution_id": execution_id}
@@ -1713,7 +1733,11 @@ class SQLStore:
             params["published_at"] = now
         if release is not None:
             params["owner"], params["token"] = release
-        statement = _finishing(len(outcomes), projection is not None, handled, release is not None)
+        if cancel_timers is not None:
+            params["cancelled_at"] = now
+        statement = _finishing(
+            len(outcomes), projection is not None, handled, release is not None, cancel_timers
+        )
         direct.run(conn, statement, params)
 
     def mark_handled(self, conn: Connection, execution_id: str) -> None:

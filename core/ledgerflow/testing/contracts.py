@@ -57,7 +57,7 @@ from ledgerflow.model import (
     StepSucceeded,
     TransitionApplied,
 )
-from ledgerflow.store.schema import outbox
+from ledgerflow.store.schema import outbox, timers
 from ledgerflow.store.sql import ALL_TENANTS, SQLStore, tenant_scope
 from ledgerflow.testing.harness import Clock
 from ledgerflow.transports import BrokerTransport, Delivery, Wakeup
@@ -253,6 +253,36 @@ class StoreContract(abc.ABC):
             store.finish(conn, x, outcomes=[(3, "rejected", "no_transition", None)], handled=True)
         assert wakeups() == {go: clock.now, again: clock.now}
         assert store.take_lease(x, "w3", 30) is None  # not given up this time
+
+    def test_finishing_cancels_the_timers_of_states_or_all_of_them(
+        self, store: SQLStore, clock: Clock
+    ) -> None:
+        x = self.new_execution(store)
+        token = store.take_lease(x, "w1", 30)
+        assert token is not None
+        with store.write() as conn:
+            (state_timer,) = store.arm_timers(conn, x, self.tenant, 1, [("Remind", 60.0)])
+            store.schedule_timer(conn, "step-timer", x, self.tenant, "Later", clock.now + 60, {})
+
+        def armed() -> set[str]:
+            with store.read() as conn:
+                return set(
+                    conn.execute(
+                        sa.select(timers.c.id).where(
+                            timers.c.execution_id == x, timers.c.state == "armed"
+                        )
+                    ).scalars()
+                )
+
+        assert armed() == {state_timer, "step-timer"}
+        with store.write() as conn:
+            store.fence(conn, x, "w1", token, 30)
+            store.finish(conn, x, cancel_timers=False)  # a state left: its timers go
+        assert armed() == {"step-timer"}
+        with store.write() as conn:
+            store.fence(conn, x, "w1", token, 30)
+            store.finish(conn, x, projection=_state(2, name="done"), cancel_timers=True)
+        assert armed() == set()  # the execution completed: every timer goes
 
     # ----------------------------------------------------------------------------------------
     # Tenants
