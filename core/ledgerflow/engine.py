@@ -444,6 +444,9 @@ class Engine:
             )
         with self._lock:
             self._definitions[(definition.name, definition.version)] = definition
+            known = self._latest.get(definition.name)
+            if known is not None and known < definition.version:
+                self._latest[definition.name] = definition.version
         return definition
 
     def definition(self, name: str, version: int | Literal["latest"] = "latest") -> Definition:
@@ -461,6 +464,8 @@ class Engine:
         if version == "latest":
             latest = self.store.latest_version(name, conn)
             if latest is None:
+                with self._lock:
+                    self._latest.pop(name, None)
                 raise WorkflowNotFoundError(f"no workflow named {name!r} is registered")
             with self._lock:
                 self._latest[name] = latest

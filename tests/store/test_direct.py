@@ -151,6 +151,7 @@ NAMED_LIKE = sa.text(
     "SELECT seq FROM lf_events WHERE execution_id = :x AND name LIKE 'Sub%' "
     "AND seq > :after AND seq <> :after ORDER BY seq"
 )
+PERCENT = sa.text("SELECT '5%' = :p AS literal, 7 % 3 AS modulo, :p AS again")
 LONG = sa.text(
     "SELECT count(*) FROM lf_events WHERE execution_id = :x AND ("
     + " OR ".join(f"event_id = :e{n}" for n in range(300))
@@ -166,6 +167,9 @@ def test_percent_signs_repeated_names_and_long_statements_run_as_written(
         params = {"x": "x1", "after": 1}
         assert [r.seq for r in direct.run(conn, NAMED_LIKE, params)] == [2, 3, 4]
         assert _through_sqlalchemy(conn, NAMED_LIKE, params) == [(2,), (3,), (4,)]
+        # a doubled percent sign would be another literal, and no operator at all
+        row = direct.run(conn, PERCENT, {"p": "5%"}).one()
+        assert (bool(row.literal), row.modulo, row.again) == (True, 1, "5%")
         wanted = {f"e{n}": f"x1-{n}" for n in range(300)}
         assert len(str(LONG)) > 4096
         for _ in range(3):  # and again: nothing is kept wrongly from one call to the next

@@ -97,19 +97,24 @@ class _Plan:
 
 
 _PLANS: dict[tuple[int, int, tuple[str, ...], bool], _Plan] = {}
-_DOLLAR_DIALECTS: dict[int, tuple[Any, Any]] = {}
+_DOLLAR = "_ledgerflow_dollar_dialect"
 
 
 def _dollar(dialect: Any) -> Any:
     """``dialect`` compiling to PostgreSQL's ``$n`` placeholders (its own paramstyle is
-    psycopg's ``%(name)s``); everything else it renders is the same."""
-    held = _DOLLAR_DIALECTS.get(id(dialect))
-    if held is None or held[0] is not dialect:
+    psycopg's ``%(name)s``); everything else it renders is the same, but a ``%`` stays one
+    (psycopg's style doubles it, and psycopg halves it again; a raw cursor sends the SQL as
+    it is). Made once, and kept with the dialect."""
+    variant = getattr(dialect, _DOLLAR, None)
+    if variant is None:
         variant = copy.copy(dialect)
         variant.paramstyle = "numeric_dollar"
         variant.positional = True
-        held = _DOLLAR_DIALECTS[id(dialect)] = (dialect, variant)
-    return held[1]
+        # the preparer decides whether percent signs are doubled, by the paramstyle it was
+        # made for: the original's is psycopg's
+        variant.identifier_preparer = variant.preparer(variant)
+        setattr(dialect, _DOLLAR, variant)
+    return variant
 
 
 def _plan(conn: Connection, statement: Any, keys: tuple[str, ...], many: bool) -> _Plan:

@@ -312,7 +312,7 @@ def _appending(
     return sa.text(f"WITH {', '.join(parts)} {main}").bindparams(*typed)
 
 
-# every shape kept, as for _appending: a few outcomes at most, times eight
+# every shape kept, as for _appending: a few outcomes at most, times 24
 @functools.cache
 def _finishing(
     outcomes: int, projection: bool, handled: bool, release: bool, cancel: bool | None = None
@@ -1689,9 +1689,15 @@ class SQLStore:
             or cancel_timers is not None
         ):
             return
-        # the one statement counts the events of ``outcomes`` as decided: one set back to
-        # pending (none is, as the engine decides) goes statement by statement
-        if self.dialect != "postgresql" or any(o[1] == "pending" for o in outcomes):
+        # the one statement counts the events of ``outcomes`` as decided, and updates each
+        # once: one set back to pending, or one given twice (neither is, as the engine
+        # decides), goes statement by statement, in order
+        seqs = {o[0] for o in outcomes}
+        if (
+            self.dialect != "postgresql"
+            or len(seqs) < len(outcomes)
+            or any(o[1] == "pending" for o in outcomes)
+        ):
             for seq, status, outcome, detail in outcomes:
                 self.set_event_outcome(
                     conn, execution_id, seq, status=status, outcome=outcome, detail=detail
