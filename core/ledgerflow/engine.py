@@ -1067,7 +1067,7 @@ class Engine:
                 if s.record.kind == "event_received" and s.record.seq > row.decided_seq
             ]
             # the results already recorded for the events to decide, read once for all of them
-            recorded = self.store.action_results_for(conn, execution_id, undecided)
+            recorded = self.store.action_results_for(conn, execution_id, undecided, tenant=tenant)
         assert lease is not None
         # the results read with the lease just taken stay current while nobody else can take
         # it: a lease taken at ``began`` expires ``ttl`` later, and hosts' clocks agree to

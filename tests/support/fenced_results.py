@@ -32,7 +32,7 @@ def record(key: str, execution_id: str) -> dict[str, Any]:
 
 def results(engine: Engine, execution_id: str) -> list[tuple[str, Any]]:
     with engine.store.read(tenant=ALL_TENANTS) as conn:
-        found = engine.store.action_results_for(conn, execution_id, ["ev-1"])
+        found = engine.store.action_results_for(conn, execution_id, ["ev-1"], tenant=TENANT)
     return sorted(found.items())
 
 

@@ -512,4 +512,4 @@ def test_a_confined_role_acting_for_another_tenant_records_no_result(confined: E
     ):
         confined.store.insert_action_result(conn, lease=("w1", token), **fenced_record("k1", x))
     with confined.store.read(tenant=ALL_TENANTS) as conn:
-        assert confined.store.action_results_for(conn, x, ["ev-1"]) == {}
+        assert confined.store.action_results_for(conn, x, ["ev-1"], tenant="acme") == {}
