@@ -1195,7 +1195,7 @@ class Engine:
                     self.store.insert_records(conn, execution_id, tenant, new)
                     after = machine.fold(definition, new, base)
                     cancel = _reset_timers(
-                        self.store, conn, definition, execution_id, tenant, new, after, later=True
+                        self.store, conn, definition, execution_id, tenant, new, after
                     )
                     every = self.store.snapshot_every
                     if every > 0 and after.seq // every > state.seq // every:
@@ -1498,17 +1498,15 @@ def _reset_timers(
     tenant: str,
     new: list[Record],
     after: State,
-    *,
-    later: bool = False,
 ) -> bool | None:
     """Inside the transaction that commits ``new``: if it moves the execution (a transition,
     or its reversal), cancel the timers of the state left and arm those of the state entered
     by the last move, unless the execution is finished there.
 
-    With ``later``, a cancel that arms nothing after it is left to the caller, who makes it
-    in the same transaction (:meth:`~ledgerflow.store.sql.SQLStore.finish`, a statement
-    less): what is returned is then ``scheduled`` for
-    :meth:`~ledgerflow.store.sql.SQLStore.cancel_timers`, or ``None`` for nothing to cancel.
+    A cancel that arms nothing after it is left to the caller, who makes it in the same
+    transaction (:meth:`~ledgerflow.store.sql.SQLStore.finish`, a statement less): what is
+    returned is then ``scheduled`` for :meth:`~ledgerflow.store.sql.SQLStore.cancel_timers`,
+    or ``None`` for nothing to cancel.
     """
     moves = [r for r in new if isinstance(r, TransitionApplied | TransitionReverted)]
     if not moves:
@@ -1517,11 +1515,10 @@ def _reset_timers(
     arming = not finished and bool(
         definition.timers(after.name) or definition.deadlines(after.name)
     )
-    if later and not arming:
+    if not arming:
         return finished
     store.cancel_timers(conn, execution_id, scheduled=finished)
-    if arming:
-        _arm_timers(store, conn, definition, execution_id, tenant, moves[-1].seq, after)
+    _arm_timers(store, conn, definition, execution_id, tenant, moves[-1].seq, after)
     return None
 
 

@@ -254,6 +254,25 @@ class StoreContract(abc.ABC):
         assert wakeups() == {go: clock.now, again: clock.now}
         assert store.take_lease(x, "w3", 30) is None  # not given up this time
 
+    def test_finishing_applies_outcomes_naming_one_event_twice_in_order(
+        self, store: SQLStore
+    ) -> None:
+        x = self.new_execution(store)
+        (go,) = self.append(store, x, EventReceived(seq=2, name="Go"))
+        token = store.take_lease(x, "w1", 30)
+        assert token is not None
+        with store.write() as conn:
+            store.fence(conn, x, "w1", token, 30)
+            store.finish(
+                conn,
+                x,
+                outcomes=[(2, "failed", "failed", "first"), (2, "processed", "applied", "last")],
+                handled=True,
+            )
+        with store.read() as conn:
+            row = store.event_row(conn, go, self.tenant)
+        assert (row.status, row.outcome, row.detail) == ("processed", "applied", "last")
+
     def test_finishing_cancels_the_timers_of_states_or_all_of_them(
         self, store: SQLStore, clock: Clock
     ) -> None:
