@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -272,6 +273,8 @@ class Load:
     """Every acknowledged event id."""
     client_errors: Counter[str] = field(default_factory=Counter)
     """Errors clients saw, by type name."""
+    prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    """What this load's invoice executions' ids start with."""
 
     def create(self, count: int) -> list[str]:
         """``count`` Chaos executions, spread over the tenants."""
@@ -299,23 +302,25 @@ class Load:
             self.hit(execution_id, n)
 
     def invoice(self, number: int) -> str:
-        """Create, submit and approve one invoice of ``number``; returns its execution."""
+        """Create, submit and approve one invoice of ``number``; returns its execution. A
+        careful client's call: its execution id and event keys are its own, so calling it
+        again after an error (which may have come after a commit) starts no second
+        execution of the same invoice and appends nothing twice."""
         tenant = TENANTS[number % len(TENANTS)]
         invoice_id = f"INV-{number}"
-        execution_id = self.engine.create_execution("InvoiceApproval", tenant=tenant)
+        execution_id = f"{self.prefix}-invoice-{number}"
         self.executions[execution_id] = tenant
         self.invoices[execution_id] = (tenant, invoice_id)
-        self.acknowledged.add(
-            self.engine.enqueue_event(
-                execution_id,
-                "CreateInvoice",
-                tenant=tenant,
-                role="clerk",
-                payload={
-                    "invoice": {"id": invoice_id, "customer_id": "C-1", "total": 100.0 + number}
-                },
-            )
+        _, created = self.engine.start(
+            "InvoiceApproval",
+            "CreateInvoice",
+            tenant=tenant,
+            role="clerk",
+            payload={"invoice": {"id": invoice_id, "customer_id": "C-1", "total": 100.0 + number}},
+            execution_id=execution_id,
+            key=f"{execution_id}:create",
         )
+        self.acknowledged.add(created)
         self.acknowledged.add(
             self.engine.enqueue_event(
                 execution_id,
@@ -323,6 +328,7 @@ class Load:
                 tenant=tenant,
                 role="manager",
                 payload={"approved_by": "mia"},
+                key=f"{execution_id}:approve",
             )
         )
         return execution_id
