@@ -268,3 +268,90 @@ def test_a_level_a_session_set_for_itself_does_not_reach_a_later_transaction(
         assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() == pid
         level = conn.execute(sa.text("SHOW transaction_isolation")).scalar_one()
     assert level == "read committed"
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("tenant", ["acme", "o'brien \\ co", "ünï — 東京", ""])
+def test_a_transaction_begins_acting_for_its_tenant_and_only_it(
+    store: SQLStore, tenant: str
+) -> None:
+    """The transaction opens with its tenant set (quotes, backslashes and any text kept as
+    they are), behind the wall from its first statement, and the setting ends with it."""
+    with store.write(tenant=tenant) as conn:
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        assert driver.pgconn.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert conn.execute(sa.text("SELECT current_setting('ledgerflow.tenant')")).scalar() == (
+            tenant
+        )
+        conn.execute(INSERT_EXECUTION, {**_execution("x1"), "tenant": tenant})
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    with store.read(tenant="someone-else") as conn:
+        assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() == pid
+        assert conn.execute(sa.text("SELECT count(*) FROM lf_executions")).scalar_one() == 0
+    with store.read(tenant=tenant) as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM lf_executions")).scalar_one() == 1
+    raw = psycopg.connect(store.engine.url.render_as_string(hide_password=False).replace(
+        "postgresql+psycopg://", "postgresql://"
+    ))
+    with raw:
+        # outside any transaction of the store's, nothing is set: the setting was local
+        assert raw.execute("SELECT current_setting('ledgerflow.tenant', true)").fetchone() in (
+            (None,),
+            ("",),
+        )
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_begin_is_psycopgs_own_with_the_tenant_in_the_same_round_trip(
+    store: SQLStore,
+) -> None:
+    """One message opens the transaction and sets the tenant: the connection is in a
+    transaction, at the level asked for, and read-only when asked, before any statement of
+    the caller's; an open transaction or an autocommit connection is left to the caller."""
+    with store.engine.connect() as conn:
+        conn.begin()
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        driver.read_only = True
+        assert direct.begin_with_tenant(conn, TENANT) is True
+        assert driver.pgconn.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert conn.execute(sa.text("SHOW transaction_read_only")).scalar() == "on"
+        assert conn.execute(sa.text("SELECT current_setting('ledgerflow.tenant')")).scalar() == (
+            TENANT
+        )
+        assert direct.begin_with_tenant(conn, "other") is False  # already open: nothing sent
+        assert conn.execute(sa.text("SELECT current_setting('ledgerflow.tenant')")).scalar() == (
+            TENANT
+        )
+        conn.rollback()
+        driver.read_only = None
+    with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        assert direct.begin_with_tenant(conn, TENANT) is False
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_tenant_postgresql_cannot_hold_is_refused_with_nothing_begun(store: SQLStore) -> None:
+    """A tenant with a NUL character fails as a database error of SQLAlchemy's, before
+    anything is sent, and the pooled connection serves the next transaction."""
+    with pytest.raises(sa.exc.DBAPIError, match="NUL"), store.write(tenant="a\x00b"):
+        pass  # pragma: no cover - the transaction never begins
+    with store.write(tenant=TENANT) as conn:
+        assert conn.execute(sa.text("SELECT current_setting('ledgerflow.tenant')")).scalar() == (
+            TENANT
+        )
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_begin_on_a_connection_the_server_dropped_is_replaced_once(store: SQLStore) -> None:
+    """The combined begin is the transaction's first message: a pooled connection the server
+    dropped since its last use fails it with nothing of the caller's sent, and is replaced."""
+    with store.read(tenant=TENANT) as conn:
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with store.write(tenant=TENANT) as conn:
+        assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != pid
+        assert conn.execute(sa.text("SELECT current_setting('ledgerflow.tenant')")).scalar() == (
+            TENANT
+        )

@@ -34,11 +34,13 @@ import attrs
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-__all__ = ["Rows", "run"]
+__all__ = ["Rows", "begin_with_tenant", "run"]
 
 try:
     import psycopg
+    from psycopg import pq
     from psycopg.rows import namedtuple_row
+    from psycopg.sql import Literal
 except ImportError:  # pragma: no cover - the postgres extra is not installed
     psycopg = None  # type: ignore[assignment]
 
@@ -153,6 +155,62 @@ def _listened(conn: Connection) -> bool:
         or conn.dialect.dispatch.do_execute
         or conn.dialect.dispatch.do_executemany
     )
+
+
+_BEGUN: dict[tuple[bytes, str], bytes] = {}
+_BEGUN_MAX = 4096  # distinct (BEGIN, tenant) commands kept; the cache starts again past it
+
+
+def _begin_command(driver: Any) -> bytes:
+    """The ``BEGIN`` psycopg itself would send on ``driver`` for its settings now."""
+    parts = [b"BEGIN"]
+    if driver.isolation_level is not None:
+        level = psycopg.IsolationLevel(driver.isolation_level).name.replace("_", " ")
+        parts.append(b"ISOLATION LEVEL " + level.encode())
+    if driver.read_only is not None:
+        parts.append(b"READ ONLY" if driver.read_only else b"READ WRITE")
+    if driver.deferrable is not None:
+        parts.append(b"DEFERRABLE" if driver.deferrable else b"NOT DEFERRABLE")
+    return b" ".join(parts)
+
+
+def begin_with_tenant(conn: Connection, tenant: str) -> bool:
+    """Open, on the server, the transaction SQLAlchemy began on ``conn`` (the very ``BEGIN``
+    psycopg would have sent before the first statement: the same isolation level, read-only
+    and deferrable settings) and set ``ledgerflow.tenant`` to ``tenant`` for it, in one round
+    trip instead of two. Returns ``False``, having sent nothing, where that cannot be done:
+    another driver, a transaction already open on the server, an autocommit connection, or
+    anything listening to the connection's statements (which then sees the setting as its own
+    statement, sent by the caller). A database error is raised as :func:`run` raises it, a
+    dropped connection invalidated and flagged."""
+    if psycopg is None or conn.dialect.driver != "psycopg" or _listened(conn):
+        return False
+    driver = conn.connection.driver_connection
+    if driver is None or driver.autocommit:
+        return False
+    pgconn = driver.pgconn
+    if pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        return False
+    start = _begin_command(driver)
+    command = _BEGUN.get((start, tenant))
+    try:
+        if command is None:
+            # the tenant as a literal quoted by libpq for this connection's encoding (a
+            # tenant PostgreSQL cannot hold fails here, as it would as a parameter)
+            literal = Literal(tenant).as_bytes(driver)
+            command = start + b"; SELECT set_config('ledgerflow.tenant', " + literal + b", true)"
+            if len(_BEGUN) >= _BEGUN_MAX:
+                _BEGUN.clear()
+            _BEGUN[(start, tenant)] = command
+        # PQexec gives the GIL up while it waits; with several statements it runs them in
+        # order and stops at the first error, whose result is the one returned
+        result = pgconn.exec_(command)
+        if result.status != pq.ExecStatus.TUPLES_OK:
+            raise psycopg.errors.error_from_result(result, encoding=driver.info.encoding)
+    except BaseException as exc:
+        sent = (command or start).decode(errors="replace")
+        conn._handle_dbapi_exception(exc, sent, (), None, None)
+    return True
 
 
 def run(

@@ -226,6 +226,16 @@ _INSERT_WAKEUPS = outbox.insert()
 _INSERT_TIMERS = timers.insert()
 _NOTIFY = sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, sa.bindparam("execution_id", type_=sa.Text)))
 _INSERT_ACTION_RESULT = action_results.insert()
+# results recorded with an event's commit (actions not checkpointed): the first result
+# recorded under a key stays, as everywhere
+_INSERT_LATE_RESULTS = {
+    "postgresql": postgresql.insert(action_results).on_conflict_do_nothing(
+        index_elements=[action_results.c.key]
+    ),
+    "sqlite": sqlite.insert(action_results).on_conflict_do_nothing(
+        index_elements=[action_results.c.key]
+    ),
+}
 _RESULT_COLUMNS = (
     "key",
     "tenant",
@@ -1108,7 +1118,10 @@ class SQLStore:
                     if driver.isolation_level != named:  # type: ignore[union-attr]
                         driver.isolation_level = named  # type: ignore[union-attr]
                 transaction = conn.begin()
-                self._set_tenant(conn, tenant, sealed=sealed)
+                if sealed or self.dialect != "postgresql" or not direct.begin_with_tenant(
+                    conn, self._tenant_for(tenant)
+                ):
+                    self._set_tenant(conn, tenant, sealed=sealed)
                 if sealed and not conn.info.get("ledgerflow_confined"):
                     self._check_confined(conn)
                     conn.info["ledgerflow_confined"] = True
@@ -1137,13 +1150,19 @@ class SQLStore:
                 raise
             raise _lost(pool, exc) from exc
 
+    @staticmethod
+    def _tenant_for(tenant: str | None) -> str:
+        """The tenant a transaction acts for: ``tenant``, else the enclosing scope's, else
+        none (``""``)."""
+        return (tenant if tenant is not None else _TENANT_SCOPE.get()) or ""
+
     def _set_tenant(self, conn: Connection, tenant: str | None, *, sealed: bool = False) -> None:
         """Tell PostgreSQL's row-level security policies whose rows this transaction may
         touch: ``tenant``, else the enclosing scope's, else none; ``sealed``, with the seal a
         confined session needs."""
         if self.dialect != "postgresql":
             return
-        scope = (tenant if tenant is not None else _TENANT_SCOPE.get()) or ""
+        scope = self._tenant_for(tenant)
         if sealed:
             seal = self._seal(conn, scope)
             # through SQLAlchemy, its cursor closed at once: no result holding the seal is
@@ -2264,6 +2283,19 @@ class SQLStore:
         inserted = direct.run(conn, statement, {**params, "owner": owner, "token": token}).rowcount
         if inserted != 1:
             raise _lease_lost(execution_id, owner, token)
+
+    def insert_action_results(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Inside the transaction that commits an event's records (which checks the caller's
+        lease): record the results of the actions its steps ran that are not checkpointed,
+        each a mapping of ``key``, ``tenant``, ``execution_id``, ``event_id``, ``step_id``,
+        ``action``, ``result`` and ``attempts``. A key recorded already keeps its first
+        result, as :meth:`insert_action_result` keeps it."""
+        if not rows:
+            return
+        now = self.clock()
+        direct.run(
+            conn, _INSERT_LATE_RESULTS[self.dialect], [{**row, "created_at": now} for row in rows]
+        )
 
     # ----------------------------------------------------------------------------------------
     # Circuit breakers (the rules live in ledgerflow.breakers; each method here is one atomic
