@@ -10,6 +10,8 @@ The workers import this module by ``ledgerflow --app ledgerflow_app`` (``PYTHONP
 - ``StepsBench``: the event ``Go`` runs ten sequential steps, nine of the simple action
   ``bench.noop`` and a tenth ``bench.steps_done`` (a database action) that writes the row the
   benchmark waits for. Every step is recorded in the ledger (``step_succeeded``).
+- ``QuickStepsBench``: the same, its nine no-ops ``bench.quick_noop``, registered with
+  ``checkpoint=False``: their results are recorded with the event's commit.
 
 :class:`LedgerflowSystem` is ledgerflow under :func:`workload.measure`: ``ledgerflow worker``
 processes, and one :class:`~ledgerflow.engine.Engine` as the client. A submission is what a
@@ -102,6 +104,22 @@ STEPS = {
 }
 
 
+#: the steps workflow with its nine no-ops not checkpointed (``checkpoint=False``)
+QUICK_STEPS = {
+    **STEPS,
+    "name": "QuickStepsBench",
+    "transitions": [
+        {
+            **STEPS["transitions"][0],  # type: ignore[index]
+            "steps": [
+                {**step, "action": "bench.quick_noop"} if step["action"] == "bench.noop" else step
+                for step in STEPS["transitions"][0]["steps"]  # type: ignore[index]
+            ],
+        }
+    ],
+}
+
+
 def _effect(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
     assert context.connection is not None
     seen = workload.write_effect(context.connection, params["workflow"], params["action"])
@@ -130,6 +148,13 @@ def setup(engine: Engine) -> None:
             _effect,
         )
         registry.register_simple_action("bench.noop", "Do nothing.", [], _noop)
+        registry.register_simple_action(
+            "bench.quick_noop",
+            "Do nothing; the result is recorded with the event's commit.",
+            [],
+            _noop,
+            checkpoint=False,
+        )
         registry.register_database_action(
             "bench.steps_done",
             "Record that a steps workflow finished.",
@@ -137,7 +162,7 @@ def setup(engine: Engine) -> None:
             Isolation.READ_COMMITTED,
             _steps_done,
         )
-    for workflow in (INVOICE, STEPS):
+    for workflow in (INVOICE, STEPS, QUICK_STEPS):
         engine.register(definitions.compile_workflow(definitions.parse(workflow)))
 
 
@@ -197,6 +222,10 @@ class LedgerflowSystem:
 
     def submit_steps(self, workflow: str) -> None:
         self._start("StepsBench", workflow, "Go", {"workflow": workflow})
+
+    def submit_quick_steps(self, workflow: str) -> None:
+        """Start one steps workflow whose no-ops are not checkpointed."""
+        self._start("QuickStepsBench", workflow, "Go", {"workflow": workflow})
 
     def close(self) -> None:
         self.engine.close()

@@ -4,7 +4,8 @@ commands per workflow, and (with ``--py-spy``) the workers' hottest functions.
 Runs one ledgerflow configuration (``--broker database`` or ``redis``) of :mod:`workload` on a
 private PostgreSQL cluster with ``pg_stat_statements`` and a private Redis: workers started,
 a warm-up, then the counters reset and N invoice workflows submitted and run (or, with
-``--steps``, N ten-step workflows). It prints, per workflow: the statements PostgreSQL ran
+``--steps``, N ten-step workflows; with ``--unchecked`` too, their no-ops registered with
+``checkpoint=False``). It prints, per workflow: the statements PostgreSQL ran
 (by statement, with their calls and time), the transactions committed, the Redis commands;
 and the client's share (from the client's own connection) apart from the workers'. With
 ``--py-spy`` each worker is sampled while it works (``py-spy record --gil``: only samples
@@ -141,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--broker", choices=("database", "redis"), default="redis")
     parser.add_argument("--workflows", type=int, default=1000)
     parser.add_argument("--steps", action="store_true", help="ten-step workflows instead")
+    parser.add_argument(
+        "--unchecked",
+        action="store_true",
+        help="with --steps: the no-ops registered with checkpoint=False",
+    )
     parser.add_argument("--py-spy", action="store_true", help="sample the workers with py-spy")
     parser.add_argument(
         "--backlog",
@@ -176,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         def submit(prefix: str, count: int) -> None:
             for i in range(count):
                 workflow = f"{prefix}{i:06d}"
-                if args.steps:
+                if args.steps and args.unchecked:
+                    system.submit_quick_steps(workflow)
+                elif args.steps:
                     system.submit_steps(workflow)
                 else:
                     system.submit(workflow, workload.payload(workflow, i))

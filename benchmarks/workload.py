@@ -313,6 +313,42 @@ class Sizes:
     timeout: float
 
 
+def _steps_run(
+    conn: sa.Connection,
+    workers: Workers,
+    sizes: Sizes,
+    submit: Callable[[str], None],
+    prefix: str,
+    result: Measurement,
+    what: str,
+) -> float | None:
+    """Submit the steps workflows through ``submit`` and wait for their last row; their
+    steps per second (``None`` when none finished), the problems and duplicate hits added to
+    ``result``."""
+    started = time.time()
+    for i in range(sizes.steps_workflows):
+        submit(f"{prefix}{i:06d}")
+
+    def finished() -> bool:
+        value = steps_done(conn, prefix)[0] >= sizes.steps_workflows
+        conn.rollback()
+        return value
+
+    try:
+        wait_until(finished, sizes.timeout, workers, what)
+    except TimeoutError as exc:
+        result.problems.append(str(exc))
+    count, last, dups = steps_done(conn, prefix)
+    conn.rollback()
+    result.steps_workflows += count
+    result.steps_dup_hits += dups
+    if count != sizes.steps_workflows:
+        result.problems.append(f"{what}: {count} of {sizes.steps_workflows} workflows finished")
+    if last is None or not count:
+        return None
+    return count * STEPS / (last - started)
+
+
 @dataclass
 class Measurement:
     """The figures of one system, once."""
@@ -326,6 +362,9 @@ class Measurement:
     steps_workflows: int = 0
     steps_per_second: float | None = None
     steps_dup_hits: int = 0
+    quick_steps_per_second: float | None = None
+    """ledgerflow only: the same steps workload with its no-op action registered with
+    ``checkpoint=False`` (each result recorded with the event's commit)."""
     verdict: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -390,30 +429,26 @@ def measure(system: System, sizes: Sizes, logdir: Path, label: str) -> Measureme
                 result.actions_per_second = verdict.rows / elapsed
 
             if sizes.steps_workflows and system.has_steps:
-                steps_prefix = f"{label}-steps-"
-                started = time.time()
-                for i in range(sizes.steps_workflows):
-                    system.submit_steps(f"{steps_prefix}{i:06d}")
-
-                def steps_finished() -> bool:
-                    value = steps_done(conn, steps_prefix)[0] >= sizes.steps_workflows
-                    conn.rollback()
-                    return value
-
-                try:
-                    wait_until(steps_finished, sizes.timeout, workers, f"{system.name} steps")
-                except TimeoutError as exc:
-                    result.problems.append(str(exc))
-                count, last, dups = steps_done(conn, steps_prefix)
-                conn.rollback()
-                result.steps_workflows = count
-                result.steps_dup_hits = dups
-                if count != sizes.steps_workflows:
-                    result.problems.append(
-                        f"{count} of {sizes.steps_workflows} steps workflows finished"
-                    )
-                if last is not None and count:
-                    result.steps_per_second = count * STEPS / (last - started)
+                result.steps_per_second = _steps_run(
+                    conn,
+                    workers,
+                    sizes,
+                    system.submit_steps,
+                    f"{label}-steps-",
+                    result,
+                    f"{system.name} steps",
+                )
+            submit_quick = getattr(system, "submit_quick_steps", None)
+            if sizes.steps_workflows and submit_quick is not None:
+                result.quick_steps_per_second = _steps_run(
+                    conn,
+                    workers,
+                    sizes,
+                    submit_quick,
+                    f"{label}-quick-",
+                    result,
+                    f"{system.name} steps not checkpointed",
+                )
     except (RuntimeError, TimeoutError) as exc:
         result.problems.append(str(exc))
     finally:

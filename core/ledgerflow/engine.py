@@ -1193,6 +1193,7 @@ class Engine:
                     base = machine.fold(definition, [a.record for a in arrived], state)
                     new = plan.build(base.seq + 1)
                     self.store.insert_records(conn, execution_id, tenant, new)
+                    self.store.insert_action_results(conn, plan.results)
                     after = machine.fold(definition, new, base)
                     cancel = _reset_timers(
                         self.store, conn, definition, execution_id, tenant, new, after
@@ -1370,7 +1371,11 @@ class Engine:
             new += _ending(result, event.seq, first + len(new), applied, state.context)
             return new
 
-        return _Plan(build, [(event.seq, *_event_outcome(result, decision.target))])
+        return _Plan(
+            build,
+            [(event.seq, *_event_outcome(result, decision.target))],
+            results=result.unrecorded,
+        )
 
     def _retry_plan(
         self,
@@ -1468,6 +1473,7 @@ class Engine:
 
         status, outcome, detail = _event_outcome(result, applied.target)
         return _Plan(
+            results=result.unrecorded,
             events={n: (original.event_id, original.record.name)},
             build=build,
             outcomes=[
@@ -1556,6 +1562,9 @@ class _Plan:
     outcomes: list[tuple[int, str, str | None, str | None]]
     events: dict[int, tuple[str, str]] = attrs.field(factory=dict)
     """The event id and name of each settled event other than the one processed, by seq."""
+    results: list[Mapping[str, Any]] = attrs.field(factory=list)
+    """The results of the actions its steps ran that are not checkpointed, recorded with its
+    records (:attr:`ledgerflow.executor.StepOutcome.unrecorded`)."""
 
 
 def _context_steps(steps: tuple[CompiledStep, ...]) -> frozenset[str]:

@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import inspect
+import json
 import logging
 import threading
 import time
@@ -49,6 +50,7 @@ from ledgerflow.errors import (
     first_line,
 )
 from ledgerflow.hookspecs import RetryDecision, StepInfo
+from ledgerflow.json_values import holds_nul
 from ledgerflow.model import JSON, Step
 from ledgerflow.plugins import Plugins
 from ledgerflow.registry import Action, ActionContext, ActionRegistry
@@ -128,6 +130,12 @@ class StepOutcome:
     attempts: int = 1
     started_at: float = 0.0
     duration: float = 0.0
+    unrecorded: Mapping[str, Any] | None = None
+    """The result record of a step whose action is not checkpointed
+    (:attr:`~ledgerflow.registry.Action.checkpoint`), for the caller to commit with the
+    event's records (:meth:`~ledgerflow.store.sql.SQLStore.insert_action_results`): the
+    columns of ``lf_action_results`` but the time. ``None``: the result is recorded
+    already, or there is none."""
 
 
 @attrs.frozen(kw_only=True)
@@ -143,6 +151,12 @@ class RunResult:
     failure: str | None = None
     compensated: bool = False
     compensation_failure: str | None = None
+
+    @property
+    def unrecorded(self) -> list[Mapping[str, Any]]:
+        """The result records the caller commits with the event: see
+        :attr:`StepOutcome.unrecorded`."""
+        return [o.unrecorded for o in self.outcomes if o.unrecorded is not None]
 
 
 class StepRunner(Protocol):
@@ -194,6 +208,9 @@ class GraphRunner:
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # results of actions that are not checkpointed, by key, from the call that ran one
+        # to the outcome of its step (the key is unique to that step of that event)
+        self._unrecorded: dict[str, dict[str, Any]] = {}
 
     def _steps_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """The threads steps run on, started on first use. A thread is made only when none is
@@ -369,20 +386,28 @@ class GraphRunner:
                 wait=wait_for,
             )
 
-        policy = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(step.on_error.attempts if retrying else 1),
-            wait=wait,
-            retry=worth_retrying,
-            sleep=self.sleep,
-            reraise=True,
-            before_sleep=before_sleep,
+        # a step that is not retried is simply called: tenacity would call it once and
+        # raise what it raised
+        policy = (
+            tenacity.Retrying(
+                stop=tenacity.stop_after_attempt(step.on_error.attempts),
+                wait=wait,
+                retry=worth_retrying,
+                sleep=self.sleep,
+                reraise=True,
+                before_sleep=before_sleep,
+            )
+            if retrying
+            else None
         )
         self.plugins.notify("ledgerflow_step_started", step=info)
         try:
-            result = policy(attempt)
+            result = attempt() if policy is None else policy(attempt)
         except _NOT_THE_ACTIONS:
+            self._unrecorded.pop(key, None)
             raise
         except Exception as exc:  # an action's failure is data: it is recorded, not raised
+            self._unrecorded.pop(key, None)
             if isinstance(exc, CircuitOpenError) and exc.when_open == "delay":
                 raise  # the event is held back until the circuit admits a trial
             failed = StepOutcome(
@@ -408,6 +433,7 @@ class GraphRunner:
             attempts=attempts,
             started_at=started_at,
             duration=time.monotonic() - started,
+            unrecorded=self._unrecorded.pop(key, None),
         )
         self.plugins.notify(
             "ledgerflow_step_succeeded",
@@ -459,8 +485,12 @@ class GraphRunner:
                     assert compiled.compensate_params is not None
                     self.plugins.notify("ledgerflow_step_started", step=info)
                     params = compiled.compensate_params.render(variables)
-                    result = self._call(job, step, step.compensate.action, params, key, 1)
+                    try:
+                        result = self._call(job, step, step.compensate.action, params, key, 1)
+                    finally:
+                        unrecorded = self._unrecorded.pop(key, None)
                 else:
+                    unrecorded = None
                     found, result = self._hook_compensation(
                         job, info, results.get(step_id), variables
                     )
@@ -498,6 +528,7 @@ class GraphRunner:
                     result=result,
                     started_at=started_at,
                     duration=time.monotonic() - started,
+                    unrecorded=unrecorded,
                 )
             )
             self.plugins.notify("ledgerflow_step_compensated", step=info, result=result)
@@ -598,6 +629,13 @@ class GraphRunner:
             return self._call_in_transaction(job, step, action, validated, key, attempt, record)
         context = self._context(job, step, key, attempt, None)
         result = self._invoke(action, validated, context)
+        if not action.checkpoint:
+            # recorded with the event's commit, which checks the lease as it does; a result
+            # the ledger cannot hold fails the step here, as a refused record would, instead
+            # of that commit
+            _check_storable(name, result)
+            self._unrecorded[key] = {**record, "result": result}
+            return result
         return self._record(job, key, result, record)
 
     def _call_in_transaction(
@@ -754,6 +792,17 @@ def _store_errors() -> Iterator[None]:
         raise
     except sa.exc.SQLAlchemyError as exc:
         raise StoreUnavailableError(f"the ledger's database failed: {first_line(exc)}") from exc
+
+
+def _check_storable(action: str, result: Any) -> None:
+    """Raise :class:`TypeError` unless ``result`` is JSON the ledger can store: no NaN or
+    infinity, no NUL character, nothing but JSON's types."""
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"action {action!r} returned a result that is not JSON: {exc}") from None
+    if holds_nul(result):
+        raise TypeError(f"action {action!r} returned a string holding a NUL character")
 
 
 def _describe(exc: BaseException) -> str:

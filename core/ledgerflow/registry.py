@@ -689,6 +689,18 @@ class Action:
     failed ``breaker.failures`` times in a row, and tries again with one trial call after
     ``breaker.reset_after`` seconds (see :mod:`ledgerflow.breakers`). A breaker that is not a
     :class:`~ledgerflow.breakers.BreakerPolicy` raises :class:`ActionRegistrationError`.
+
+    ``checkpoint`` (the default) records a simple action's result in a transaction of its
+    own as soon as it returns: once it has succeeded it never runs again under its key, not
+    even after a crash before the transition's events commit. ``checkpoint=False``, for
+    quick actions that may run twice (pure computations, calls the outside system
+    deduplicates by the key handed to them), records the result in the commit of the event
+    whose transition ran it, in the same statement as the rest: no transaction per step,
+    and a crash before that commit runs it again (at least once, as is every simple
+    action's promise). After that commit it never runs again, and the ledger and the
+    recorded result agree. A database action is always checkpointed: its effect and result
+    commit together (``checkpoint=False`` with ``isolation`` raises
+    :class:`ActionRegistrationError`).
     """
 
     name: str
@@ -700,6 +712,7 @@ class Action:
     additional_params: bool = False
     fn: Callable[..., Any]
     breaker: BreakerPolicy | None = None
+    checkpoint: bool = True
     is_async: bool = attrs.field(
         default=attrs.Factory(lambda self: _is_async(self.fn), takes_self=True)
     )
@@ -727,6 +740,13 @@ class Action:
             raise ActionRegistrationError(
                 f"action {name!r}: breaker must be a BreakerPolicy or None, "
                 f"not {type(self.breaker).__name__}"
+            )
+        if not isinstance(self.checkpoint, bool):
+            raise ActionRegistrationError(f"action {name!r}: checkpoint must be true or false")
+        if not self.checkpoint and self.kind == "database":
+            raise ActionRegistrationError(
+                f"action {name!r}: a database action is always checkpointed (its effect and "
+                "its result commit together); checkpoint=False is for simple actions"
             )
         if (self.params is None) == (self.params_class is None):
             raise ActionRegistrationError(
@@ -879,6 +899,7 @@ class ActionRegistry:
         *,
         additional_params: bool = False,
         breaker: BreakerPolicy | None = None,
+        checkpoint: bool = True,
     ) -> Action:
         """Register ``fn`` as a simple action, run at least once per idempotency key.
 
@@ -886,8 +907,9 @@ class ActionRegistry:
         (``{"name": "userId", "type": "string", "required": True}``); with
         ``additional_params``, fields not listed are accepted too and passed on unchecked.
         ``breaker`` gives the action a circuit breaker shared by every worker (none by
-        default; see :class:`Action`). Raises :class:`ActionRegistrationError` as
-        :class:`Action` and :meth:`register` do.
+        default; see :class:`Action`). ``checkpoint=False`` records its result with the
+        event's commit instead of in a transaction of its own (see :class:`Action`). Raises
+        :class:`ActionRegistrationError` as :class:`Action` and :meth:`register` do.
         """
         return self.register(
             Action(
@@ -898,6 +920,7 @@ class ActionRegistry:
                 additional_params=additional_params,
                 fn=fn,
                 breaker=breaker,
+                checkpoint=checkpoint,
             )
         )
 
@@ -942,6 +965,7 @@ class ActionRegistry:
         isolation: Isolation | str | None = None,
         additional_params: bool = False,
         breaker: BreakerPolicy | None = None,
+        checkpoint: bool = True,
     ) -> Callable[[F], F]:
         """A decorator that registers the function it decorates and returns it unchanged.
 
@@ -950,7 +974,8 @@ class ActionRegistry:
         takes no parameters (with ``additional_params``: no declared parameters, any given
         passed on unchecked). With ``isolation`` the action is a database action, without it a
         simple one. ``breaker`` gives it a circuit breaker shared by every worker (none by
-        default; see :class:`Action`). Raises :class:`ActionRegistrationError` as
+        default; see :class:`Action`); ``checkpoint=False`` records a simple action's result
+        with the event's commit (see :class:`Action`). Raises :class:`ActionRegistrationError` as
         :class:`Action` and :meth:`register` do::
 
             @registry.action("billing.charge", params=Charge, isolation="SERIALIZABLE")
@@ -974,6 +999,7 @@ class ActionRegistry:
                     additional_params=additional_params,
                     fn=fn,
                     breaker=breaker,
+                    checkpoint=checkpoint,
                 )
             )
             return fn
@@ -1003,7 +1029,8 @@ class ActionRegistry:
     def describe(self) -> list[dict[str, Any]]:
         """Every action, sorted by name, as plain JSON values: ``name``, ``description``,
         ``kind``, ``isolation`` (its value, or ``None``), ``async``, ``breaker`` (the policy's
-        ``failures``, ``reset_after`` and ``when_open``, or ``None``) and ``parameters`` (the
+        ``failures``, ``reset_after`` and ``when_open``, or ``None``), ``checkpoint`` (whether
+        its result is recorded as soon as it returns) and ``parameters`` (the
         JSON Schema of :meth:`Action.json_schema`). This is what ``ledgerflow actions --json``
         prints.
         """
@@ -1017,6 +1044,7 @@ class ActionRegistry:
                 "isolation": None if action.isolation is None else action.isolation.value,
                 "async": action.is_async,
                 "breaker": None if action.breaker is None else action.breaker.describe(),
+                "checkpoint": action.checkpoint,
                 "parameters": action.json_schema(),
             }
             for action in actions

@@ -154,3 +154,91 @@ def test_steps_run_once_after_their_dependencies_and_are_recorded_as_they_ran(
     assert {o.step_id for o in second.outcomes if o.status == "succeeded"} >= succeeded & {
         o.step_id for o in second.outcomes
     }
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(graph=graphs())
+def test_results_not_checkpointed_are_left_to_the_commit_and_never_rerun_after_it(
+    store: SQLStore, graph: dict[str, Any]
+) -> None:
+    """With ``checkpoint=False`` a step's result is not recorded by the run but handed back
+    (key, result, attempts) for the event's commit: before that commit the same job runs
+    those steps again, as after a crash; once the commit records them, nothing that
+    succeeded runs again, and the recorded result is the outcome's."""
+    definition = definitions.compile_workflow(definitions.parse(graph))
+    compiled = definition.transitions[0].steps
+    by_id = {cs.step.id: cs.step for cs in compiled}
+    execution_id = f"x{next(RUNS)}"
+    ensure_execution(store, execution_id, "t")
+    job = StepJob(
+        execution_id=execution_id,
+        tenant="t",
+        event_id="e",
+        steps=compiled,
+        variables={"payload": {}, "context": {}, "role": None, "event": "Go", "state": "a"},
+    )
+
+    def runner(probe: Probe, undone: list[str]) -> GraphRunner:
+        registry = ActionRegistry()
+        registry.register_simple_action(
+            "probe",
+            "Note the call.",
+            [Param(name="step", type="string"), Param(name="fail", type="boolean")],
+            probe,
+            checkpoint=False,
+        )
+        registry.register_simple_action(
+            "undo",
+            "Note the undo.",
+            [Param(name="step", type="string")],
+            lambda p, c: undone.append(p["step"]),
+            checkpoint=False,
+        )
+        return GraphRunner(store, registry, max_parallel=4, sleep=lambda _: None)
+
+    first = runner(Probe(), []).run(job)
+    keys = {
+        f"{execution_id}:e:{o.step_id}" + (":compensate" if o.status == "compensated" else "")
+        for o in first.outcomes
+        if o.status in ("succeeded", "compensated")
+    }
+    assert {row["key"] for row in first.unrecorded} == keys
+    for row in first.unrecorded:
+        outcome = next(o for o in first.outcomes if o.unrecorded is row)
+        assert row["result"] == outcome.result
+        assert row["attempts"] == outcome.attempts
+        assert (row["tenant"], row["execution_id"], row["event_id"]) == ("t", execution_id, "e")
+        assert row["step_id"] == outcome.step_id
+    assert all(o.unrecorded is None for o in first.outcomes if o.status == "failed")
+    with store.read(tenant="t") as conn:
+        assert store.action_results_for(conn, execution_id, ["e"], tenant="t") == {}
+
+    # a crash before the commit: nothing was recorded, so every step the run reaches runs
+    # again (which ones it reaches may differ: side by side, a failure stops what has not
+    # started yet)
+    again = Probe()
+    second = runner(again, []).run(job)
+    ran = {c[0] for c in again.calls}
+    assert {o.step_id for o in second.outcomes if o.status == "succeeded"} <= ran
+
+    # the commit records the second run's results; a third run reruns nothing that succeeded
+    with store.write(tenant="t") as conn:
+        store.insert_action_results(conn, second.unrecorded)
+        store.insert_action_results(conn, second.unrecorded)  # a key recorded stays as it is
+    third_probe = Probe()
+    third = runner(third_probe, []).run(job)
+    succeeded = {o.step_id for o in second.outcomes if o.status == "succeeded"}
+    assert not ({c[0] for c in third_probe.calls} & succeeded)
+    with store.read(tenant="t") as conn:
+        recorded = store.action_results_for(conn, execution_id, ["e"], tenant="t")
+    for outcome in second.outcomes:
+        if outcome.unrecorded is not None:
+            assert recorded[outcome.unrecorded["key"]] == outcome.result
+    assert all(
+        o.unrecorded is None
+        for o in third.outcomes
+        if o.status == "succeeded" and o.step_id in succeeded
+    )
+    assert by_id  # the graph had steps

@@ -248,6 +248,7 @@ def test_describe_is_sorted_and_json_serialisable() -> None:
         "isolation": "READ COMMITTED",
         "async": True,
         "breaker": None,
+        "checkpoint": True,
         "parameters": {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": "Transfer",
@@ -464,6 +465,20 @@ def test_only_actions_can_be_registered() -> None:
             "action 'a': description must be a string",
         ),
         (
+            {
+                "kind": "database",
+                "isolation": Isolation.READ_COMMITTED,
+                "params": (),
+                "checkpoint": False,
+            },
+            "action 'a': a database action is always checkpointed (its effect and its result "
+            "commit together); checkpoint=False is for simple actions",
+        ),
+        (
+            {"params": (), "checkpoint": "no"},
+            "action 'a': checkpoint must be true or false",
+        ),
+        (
             {"params_class": Transfer, "additional_params": True},
             "action 'a': additional_params needs a list of Param; an attrs class refuses fields "
             "it does not declare",
@@ -590,3 +605,21 @@ def test_a_class_whose_type_hints_cannot_be_resolved_is_refused() -> None:
         "test_a_class_whose_type_hints_cannot_be_resolved_is_refused.<locals>.Outer cannot be "
         "resolved (name 'Local' is not defined); define the classes it uses at module level"
     )
+
+
+def test_every_way_of_registering_a_simple_action_can_leave_it_unchecked() -> None:
+    """``checkpoint=False`` reaches the action by each registration path, and is shown."""
+    registry = ActionRegistry()
+    registry.register_simple_action("quick.one", "", [], run, checkpoint=False)
+    registry.action("quick.two", checkpoint=False)(run)
+    registry.register_simple_action("kept", "", [], run)
+    assert registry.get("quick.one").checkpoint is False
+    assert registry.get("quick.two").checkpoint is False
+    assert registry.get("kept").checkpoint is True
+    assert {a["name"]: a["checkpoint"] for a in registry.describe()} == {
+        "kept": True,
+        "quick.one": False,
+        "quick.two": False,
+    }
+    with pytest.raises(ActionRegistrationError, match="always checkpointed"):
+        registry.action("db.write", isolation="READ COMMITTED", checkpoint=False)(run)

@@ -291,9 +291,11 @@ def test_a_transaction_begins_acting_for_its_tenant_and_only_it(
         assert conn.execute(sa.text("SELECT count(*) FROM lf_executions")).scalar_one() == 0
     with store.read(tenant=tenant) as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM lf_executions")).scalar_one() == 1
-    raw = psycopg.connect(store.engine.url.render_as_string(hide_password=False).replace(
-        "postgresql+psycopg://", "postgresql://"
-    ))
+    raw = psycopg.connect(
+        store.engine.url.render_as_string(hide_password=False).replace(
+            "postgresql+psycopg://", "postgresql://"
+        )
+    )
     with raw:
         # outside any transaction of the store's, nothing is set: the setting was local
         assert raw.execute("SELECT current_setting('ledgerflow.tenant', true)").fetchone() in (

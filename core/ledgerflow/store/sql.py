@@ -228,14 +228,20 @@ _NOTIFY = sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, sa.bindparam("execution_id
 _INSERT_ACTION_RESULT = action_results.insert()
 # results recorded with an event's commit (actions not checkpointed): the first result
 # recorded under a key stays, as everywhere
-_INSERT_LATE_RESULTS = {
-    "postgresql": postgresql.insert(action_results).on_conflict_do_nothing(
-        index_elements=[action_results.c.key]
-    ),
-    "sqlite": sqlite.insert(action_results).on_conflict_do_nothing(
-        index_elements=[action_results.c.key]
-    ),
-}
+_INSERT_LATE_RESULTS = sqlite.insert(action_results).on_conflict_do_nothing(
+    index_elements=[action_results.c.key]
+)
+# on PostgreSQL all of them in one statement, whatever their number: one row set from one
+# JSON parameter (a NULL result is read back as None, as JSON's null is)
+_INSERT_LATE_RESULTS_PG = sa.text(
+    "INSERT INTO lf_action_results "
+    "(key, tenant, execution_id, event_id, step_id, action, result, attempts, created_at) "
+    "SELECT r.key, r.tenant, r.execution_id, r.event_id, r.step_id, r.action, r.result, "
+    "r.attempts, r.created_at FROM jsonb_to_recordset(:rows) AS r(key text, tenant text, "
+    "execution_id text, event_id text, step_id text, action text, result jsonb, "
+    "attempts integer, created_at double precision) "
+    "ON CONFLICT (key) DO NOTHING"
+).bindparams(sa.bindparam("rows", type_=postgresql.JSONB()))
 _RESULT_COLUMNS = (
     "key",
     "tenant",
@@ -1118,8 +1124,10 @@ class SQLStore:
                     if driver.isolation_level != named:  # type: ignore[union-attr]
                         driver.isolation_level = named  # type: ignore[union-attr]
                 transaction = conn.begin()
-                if sealed or self.dialect != "postgresql" or not direct.begin_with_tenant(
-                    conn, self._tenant_for(tenant)
+                if (
+                    sealed
+                    or self.dialect != "postgresql"
+                    or not direct.begin_with_tenant(conn, self._tenant_for(tenant))
                 ):
                     self._set_tenant(conn, tenant, sealed=sealed)
                 if sealed and not conn.info.get("ledgerflow_confined"):
@@ -2293,9 +2301,11 @@ class SQLStore:
         if not rows:
             return
         now = self.clock()
-        direct.run(
-            conn, _INSERT_LATE_RESULTS[self.dialect], [{**row, "created_at": now} for row in rows]
-        )
+        dated = [{**row, "created_at": now} for row in rows]
+        if self.dialect == "postgresql":
+            direct.run(conn, _INSERT_LATE_RESULTS_PG, {"rows": dated})
+        else:
+            direct.run(conn, _INSERT_LATE_RESULTS, dated)
 
     # ----------------------------------------------------------------------------------------
     # Circuit breakers (the rules live in ledgerflow.breakers; each method here is one atomic
