@@ -156,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
+    if args.unchecked and not args.steps:
+        parser.error("--unchecked is for the ten-step workflows: give --steps too")
     if args.backlog and args.py_spy:
         parser.error("--backlog restarts the workers: sample them with py-spy without it")
     n: int = args.workflows

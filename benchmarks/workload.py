@@ -321,10 +321,11 @@ def _steps_run(
     prefix: str,
     result: Measurement,
     what: str,
-) -> float | None:
+) -> tuple[float | None, int]:
     """Submit the steps workflows through ``submit`` and wait for their last row; their
-    steps per second (``None`` when none finished), the problems and duplicate hits added to
-    ``result``."""
+    steps per second (``None`` when none finished) and how many finished, with the problems
+    and duplicate hits added to ``result`` (a shortfall is a problem: the steps per second
+    count only those finished)."""
     started = time.time()
     for i in range(sizes.steps_workflows):
         submit(f"{prefix}{i:06d}")
@@ -340,13 +341,12 @@ def _steps_run(
         result.problems.append(str(exc))
     count, last, dups = steps_done(conn, prefix)
     conn.rollback()
-    result.steps_workflows += count
     result.steps_dup_hits += dups
     if count != sizes.steps_workflows:
         result.problems.append(f"{what}: {count} of {sizes.steps_workflows} workflows finished")
     if last is None or not count:
-        return None
-    return count * STEPS / (last - started)
+        return None, count
+    return count * STEPS / (last - started), count
 
 
 @dataclass
@@ -429,7 +429,7 @@ def measure(system: System, sizes: Sizes, logdir: Path, label: str) -> Measureme
                 result.actions_per_second = verdict.rows / elapsed
 
             if sizes.steps_workflows and system.has_steps:
-                result.steps_per_second = _steps_run(
+                result.steps_per_second, result.steps_workflows = _steps_run(
                     conn,
                     workers,
                     sizes,
@@ -439,8 +439,8 @@ def measure(system: System, sizes: Sizes, logdir: Path, label: str) -> Measureme
                     f"{system.name} steps",
                 )
             submit_quick = getattr(system, "submit_quick_steps", None)
-            if sizes.steps_workflows and submit_quick is not None:
-                result.quick_steps_per_second = _steps_run(
+            if sizes.steps_workflows and system.has_steps and submit_quick is not None:
+                result.quick_steps_per_second, _ = _steps_run(
                     conn,
                     workers,
                     sizes,

@@ -33,6 +33,7 @@ from ledgerflow.errors import (
     SchemaError,
     StoreUnavailableError,
     UnknownActionError,
+    UnstorableResultError,
     WorkflowNotFoundError,
 )
 from ledgerflow.hookspecs import RetryDecision, StepInfo, hookimpl
@@ -155,6 +156,7 @@ __all__ = [
     "TransitionApplied",
     "TransitionReverted",
     "UnknownActionError",
+    "UnstorableResultError",
     "Worker",
     "Workflow",
     "WorkflowDiff",

@@ -32,6 +32,7 @@ __all__ = [
     "SchemaError",
     "StoreUnavailableError",
     "UnknownActionError",
+    "UnstorableResultError",
     "WorkflowNotFoundError",
 ]
 
@@ -161,6 +162,12 @@ class ExecutionNotFoundError(NotFoundError):
 
 class EventNotFoundError(NotFoundError):
     """No event with this id exists for this tenant."""
+
+
+class UnstorableResultError(LedgerflowError):
+    """An action registered with ``checkpoint=False`` returned a result the ledger cannot
+    store (not JSON, NaN or infinity, a NUL character, text that is not Unicode): its step
+    fails at once, never retried, and the event's commit is not put at risk."""
 
 
 class InvalidInputError(LedgerflowError):

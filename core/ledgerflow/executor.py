@@ -47,6 +47,7 @@ from ledgerflow.errors import (
     LedgerflowError,
     StoreUnavailableError,
     UnknownActionError,
+    UnstorableResultError,
     first_line,
 )
 from ledgerflow.hookspecs import RetryDecision, StepInfo
@@ -208,9 +209,6 @@ class GraphRunner:
         self._loop_thread: threading.Thread | None = None
         self._loop_lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        # results of actions that are not checkpointed, by key, from the call that ran one
-        # to the outcome of its step (the key is unique to that step of that event)
-        self._unrecorded: dict[str, dict[str, Any]] = {}
 
     def _steps_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """The threads steps run on, started on first use. A thread is made only when none is
@@ -331,11 +329,15 @@ class GraphRunner:
         attempts = 0
         decisions: dict[int, RetryDecision] = {}
 
+        # the result record an action that is not checkpointed leaves for the event's commit
+        late: list[dict[str, Any]] = []
+
         def attempt() -> JSON:
             nonlocal attempts
             attempts += 1
+            late.clear()
             params = compiled.params.render(variables)
-            return self._call(job, step, step.action, params, key, attempts)
+            return self._call(job, step, step.action, params, key, attempts, late)
 
         def worth_retrying(state: tenacity.RetryCallState) -> bool:
             error = state.outcome.exception() if state.outcome else None
@@ -404,10 +406,8 @@ class GraphRunner:
         try:
             result = attempt() if policy is None else policy(attempt)
         except _NOT_THE_ACTIONS:
-            self._unrecorded.pop(key, None)
             raise
         except Exception as exc:  # an action's failure is data: it is recorded, not raised
-            self._unrecorded.pop(key, None)
             if isinstance(exc, CircuitOpenError) and exc.when_open == "delay":
                 raise  # the event is held back until the circuit admits a trial
             failed = StepOutcome(
@@ -433,7 +433,7 @@ class GraphRunner:
             attempts=attempts,
             started_at=started_at,
             duration=time.monotonic() - started,
-            unrecorded=self._unrecorded.pop(key, None),
+            unrecorded=late[-1] if late else None,
         )
         self.plugins.notify(
             "ledgerflow_step_succeeded",
@@ -485,10 +485,9 @@ class GraphRunner:
                     assert compiled.compensate_params is not None
                     self.plugins.notify("ledgerflow_step_started", step=info)
                     params = compiled.compensate_params.render(variables)
-                    try:
-                        result = self._call(job, step, step.compensate.action, params, key, 1)
-                    finally:
-                        unrecorded = self._unrecorded.pop(key, None)
+                    late: list[dict[str, Any]] = []
+                    result = self._call(job, step, step.compensate.action, params, key, 1, late)
+                    unrecorded = late[-1] if late else None
                 else:
                     unrecorded = None
                     found, result = self._hook_compensation(
@@ -565,8 +564,18 @@ class GraphRunner:
         return True, self._record(job, info.key, undone, record)
 
     def _call(
-        self, job: StepJob, step: Step, name: str, params: JSON, key: str, attempt: int
+        self,
+        job: StepJob,
+        step: Step,
+        name: str,
+        params: JSON,
+        key: str,
+        attempt: int,
+        late: list[dict[str, Any]],
     ) -> JSON:
+        """The result of ``name`` under ``key``: the one recorded, or the action's, run now
+        and recorded (or, for an action that is not checkpointed, its record put in
+        ``late`` for the event's commit)."""
         if job.recorded is not None and key in job.recorded:
             return job.recorded[key]
         known = self.registry.get(name) if name in self.registry else None
@@ -585,7 +594,7 @@ class GraphRunner:
         action = self.registry.get(name)
         validated = action.validate(params)
         if action.breaker is None:
-            return self._call_action(job, step, action, validated, key, attempt)
+            return self._call_action(job, step, action, validated, key, attempt, late)
         verdict = None
         if self.plugins.has("ledgerflow_circuit_breaker"):
             verdict = self.plugins.decide(
@@ -601,7 +610,7 @@ class GraphRunner:
         if verdict != "allow":
             self.breakers.admit(action.name, action.breaker)
         try:
-            result = self._call_action(job, step, action, validated, key, attempt)
+            result = self._call_action(job, step, action, validated, key, attempt, late)
         except (*_NOT_THE_ACTIONS, *_PERMANENT):
             raise  # the engine's trouble, or one trying again cannot mend: not the dependency's
         except Exception as exc:
@@ -611,7 +620,14 @@ class GraphRunner:
         return result
 
     def _call_action(
-        self, job: StepJob, step: Step, action: Action, validated: Any, key: str, attempt: int
+        self,
+        job: StepJob,
+        step: Step,
+        action: Action,
+        validated: Any,
+        key: str,
+        attempt: int,
+        late: list[dict[str, Any]],
     ) -> JSON:
         """Run ``action`` (its parameters validated) and record its result under ``key``."""
         name = action.name
@@ -634,7 +650,7 @@ class GraphRunner:
             # the ledger cannot hold fails the step here, as a refused record would, instead
             # of that commit
             _check_storable(name, result)
-            self._unrecorded[key] = {**record, "result": result}
+            late.append({**record, "result": result})
             return result
         return self._record(job, key, result, record)
 
@@ -747,7 +763,7 @@ class GraphRunner:
         )
 
 
-_PERMANENT = (InvalidParametersError, UnknownActionError, ExpressionError)
+_PERMANENT = (InvalidParametersError, UnknownActionError, ExpressionError, UnstorableResultError)
 """Failures that trying again cannot mend: they fail the step at once."""
 
 _NOT_THE_ACTIONS = (StoreUnavailableError, LeaseLostError, ConfinementError)
@@ -795,14 +811,27 @@ def _store_errors() -> Iterator[None]:
 
 
 def _check_storable(action: str, result: Any) -> None:
-    """Raise :class:`TypeError` unless ``result`` is JSON the ledger can store: no NaN or
-    infinity, no NUL character, nothing but JSON's types."""
+    """Raise :class:`UnstorableResultError` unless ``result`` is JSON the ledger can store on
+    any database: nothing but JSON's types, no NaN or infinity, no NUL character, only text
+    UTF-8 can hold."""
     try:
-        json.dumps(result, allow_nan=False)
+        text = json.dumps(result, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"action {action!r} returned a result that is not JSON: {exc}") from None
-    if holds_nul(result):
-        raise TypeError(f"action {action!r} returned a string holding a NUL character")
+        raise UnstorableResultError(
+            f"action {action!r} returned a result that is not JSON: {exc}"
+        ) from None
+    except RecursionError:
+        raise UnstorableResultError(
+            f"action {action!r} returned a result nested too deeply to be stored"
+        ) from None
+    if "\\u0000" in text and holds_nul(result):
+        raise UnstorableResultError(f"action {action!r} returned a string holding a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnstorableResultError(
+            f"action {action!r} returned text that is not Unicode ({exc.object[exc.start]!r})"
+        ) from None
 
 
 def _describe(exc: BaseException) -> str:

@@ -694,13 +694,13 @@ class Action:
     own as soon as it returns: once it has succeeded it never runs again under its key, not
     even after a crash before the transition's events commit. ``checkpoint=False``, for
     quick actions that may run twice (pure computations, calls the outside system
-    deduplicates by the key handed to them), records the result in the commit of the event
-    whose transition ran it, in the same statement as the rest: no transaction per step,
-    and a crash before that commit runs it again (at least once, as is every simple
-    action's promise). After that commit it never runs again, and the ledger and the
-    recorded result agree. A database action is always checkpointed: its effect and result
-    commit together (``checkpoint=False`` with ``isolation`` raises
-    :class:`ActionRegistrationError`).
+    deduplicates by the key handed to them), records the result in the transaction that
+    commits the event whose transition ran it: no transaction per step, and a crash before
+    that commit runs it again (at least once, as is every simple action's promise), so a
+    checkpointed step that used its result may have used one the rerun does not give again.
+    After that commit it never runs again, and the ledger and the recorded result agree. A
+    database action is always checkpointed: its effect and result commit together
+    (``checkpoint=False`` with ``isolation`` raises :class:`ActionRegistrationError`).
     """
 
     name: str

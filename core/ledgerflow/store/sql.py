@@ -232,11 +232,12 @@ _INSERT_LATE_RESULTS = sqlite.insert(action_results).on_conflict_do_nothing(
     index_elements=[action_results.c.key]
 )
 # on PostgreSQL all of them in one statement, whatever their number: one row set from one
-# JSON parameter (a NULL result is read back as None, as JSON's null is)
+# JSON parameter (its null read as SQL NULL, stored as JSON's null, as a result is stored)
 _INSERT_LATE_RESULTS_PG = sa.text(
     "INSERT INTO lf_action_results "
     "(key, tenant, execution_id, event_id, step_id, action, result, attempts, created_at) "
-    "SELECT r.key, r.tenant, r.execution_id, r.event_id, r.step_id, r.action, r.result, "
+    "SELECT r.key, r.tenant, r.execution_id, r.event_id, r.step_id, r.action, "
+    "coalesce(r.result, 'null'::jsonb), "
     "r.attempts, r.created_at FROM jsonb_to_recordset(:rows) AS r(key text, tenant text, "
     "execution_id text, event_id text, step_id text, action text, result jsonb, "
     "attempts integer, created_at double precision) "
