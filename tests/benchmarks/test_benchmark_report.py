@@ -82,6 +82,7 @@ def test_the_table_gives_medians_spread_and_ratio_to_the_floor() -> None:
             "workflows_per_second": 500.0,
             "actions_per_second": 1500.0,
             "steps_per_second": 4000.0,
+            "quick_steps_per_second": 6000.0,
             "submit_ms": [1.0, 2.0, 3.0],
             "verdict": {"dup_hits": 0},
         },
@@ -102,8 +103,10 @@ def test_the_table_gives_medians_spread_and_ratio_to_the_floor() -> None:
     assert lf[3] == "0.375x (0.250-0.500x)"  # 500/1000 and 200/800, each in its own round
     assert lf[4].startswith("1.50 / ")
     assert rows["raw floor (XADD, 2 consumers, 3 inserts, XACK)"][5] == "2,000"
-    assert lf[8] == "FAILED (1)"
-    assert rows["raw floor (XADD, 2 consumers, 3 inserts, XACK)"][8] == "ok"
+    assert (lf[6], lf[7]) == ("4,000", "6,000")  # steps/s, each checkpointed and not
+    assert rows["raw floor (XADD, 2 consumers, 3 inserts, XACK)"][7] == "-"
+    assert lf[9] == "FAILED (1)"
+    assert rows["raw floor (XADD, 2 consumers, 3 inserts, XACK)"][9] == "ok"
     markdown = _module("reporting").markdown_table(compare.HEADER, compare.table_rows(summary))
     assert markdown.splitlines()[1].startswith("| --- | ---: |")
 
