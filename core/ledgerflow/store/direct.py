@@ -36,14 +36,6 @@ from sqlalchemy.engine import Connection
 
 __all__ = ["Rows", "begin_with_tenant", "run"]
 
-try:
-    import psycopg
-    from psycopg import pq
-    from psycopg.rows import namedtuple_row
-    from psycopg.sql import Literal
-except ImportError:  # pragma: no cover - the postgres extra is not installed
-    psycopg = None  # type: ignore[assignment]
-
 _CURSOR = "ledgerflow_direct_cursor"
 
 
@@ -163,6 +155,8 @@ _BEGUN_MAX = 4096  # distinct (BEGIN, tenant) commands kept; the cache starts ag
 
 def _begin_command(driver: Any) -> bytes:
     """The ``BEGIN`` psycopg itself would send on ``driver`` for its settings now."""
+    import psycopg
+
     parts = [b"BEGIN"]
     if driver.isolation_level is not None:
         level = psycopg.IsolationLevel(driver.isolation_level).name.replace("_", " ")
@@ -183,8 +177,14 @@ def begin_with_tenant(conn: Connection, tenant: str) -> bool:
     anything listening to the connection's statements (which then sees the setting as its own
     statement, sent by the caller). A database error is raised as :func:`run` raises it, a
     dropped connection invalidated and flagged."""
-    if psycopg is None or conn.dialect.driver != "psycopg" or _listened(conn):
+    if conn.dialect.driver != "psycopg" or _listened(conn):
         return False
+    # imported here, not with the module: a program on SQLite never pays for it (a
+    # connection of the psycopg dialect has imported it already)
+    import psycopg
+    from psycopg import pq
+    from psycopg.sql import Literal
+
     driver = conn.connection.driver_connection
     if driver is None or driver.autocommit:
         return False
@@ -223,7 +223,7 @@ def run(
     a list of parameter sets runs it once for each. Returns :class:`Rows`, or SQLAlchemy's
     own result where the statement went through SQLAlchemy; both read as :class:`Rows`
     does."""
-    if psycopg is None or conn.dialect.driver != "psycopg" or _listened(conn):
+    if conn.dialect.driver != "psycopg" or _listened(conn):
         return conn.execute(statement, params)
     many = isinstance(params, Sequence)
     given: Sequence[Mapping[str, Any]] = params if many else [params or {}]  # type: ignore[list-item,assignment]
@@ -248,6 +248,9 @@ def run(
     raw = conn.connection.driver_connection
     held = conn.info.get(_CURSOR)
     if held is None or held[0] is not raw:
+        import psycopg
+        from psycopg.rows import namedtuple_row
+
         cursor = psycopg.RawCursor(raw, row_factory=namedtuple_row)  # type: ignore[arg-type]
         held = (raw, cursor)
         conn.info[_CURSOR] = held
