@@ -356,11 +356,15 @@ class GraphRunner:
                 return decision.retry
             return True
 
-        exponential = tenacity.wait_exponential_jitter(
-            multiplier=backoff.initial,
-            max=backoff.maximum,
-            exp_base=backoff.multiplier,
-            jitter=backoff.initial,
+        exponential = (
+            tenacity.wait_exponential_jitter(
+                multiplier=backoff.initial,
+                max=backoff.maximum,
+                exp_base=backoff.multiplier,
+                jitter=backoff.initial,
+            )
+            if retrying
+            else tenacity.wait_none()
         )
 
         def wait(state: tenacity.RetryCallState) -> float:

@@ -67,8 +67,8 @@ def bound(**fields: str | None) -> Iterator[None]:
 
     Raises :class:`ValueError` for a name not in :data:`FIELDS`.
     """
-    unknown = sorted(set(fields) - set(FIELDS))
-    if unknown:
+    if not fields.keys() <= _FIELDS.keys():
+        unknown = sorted(set(fields) - set(FIELDS))
         raise ValueError(f"unknown log field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
     tokens = [(_FIELDS[name], _FIELDS[name].set(value)) for name, value in fields.items()]
     # an event taken up inside the block (begin_event) ends with it
