@@ -86,21 +86,39 @@ def graphs(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def _runner(store: SQLStore, probe: Probe, undone: list[str]) -> GraphRunner:
+def _runner(
+    store: SQLStore, probe: Probe, undone: list[str], *, checkpoint: bool = True
+) -> GraphRunner:
     registry = ActionRegistry()
     registry.register_simple_action(
         "probe",
         "Note the call.",
         [Param(name="step", type="string"), Param(name="fail", type="boolean")],
         probe,
+        checkpoint=checkpoint,
     )
     registry.register_simple_action(
         "undo",
         "Note the undo.",
         [Param(name="step", type="string")],
         lambda p, c: undone.append(p["step"]),
+        checkpoint=checkpoint,
     )
     return GraphRunner(store, registry, max_parallel=4, sleep=lambda _: None)
+
+
+def _job(store: SQLStore, graph: dict[str, Any]) -> StepJob:
+    """The transition's steps of ``graph`` as a job of a new execution (its own keys)."""
+    definition = definitions.compile_workflow(definitions.parse(graph))
+    execution_id = f"x{next(RUNS)}"
+    ensure_execution(store, execution_id, "t")
+    return StepJob(
+        execution_id=execution_id,
+        tenant="t",
+        event_id="e",
+        steps=definition.transitions[0].steps,
+        variables={"payload": {}, "context": {}, "role": None, "event": "Go", "state": "a"},
+    )
 
 
 @settings(
@@ -110,19 +128,9 @@ def _runner(store: SQLStore, probe: Probe, undone: list[str]) -> GraphRunner:
 def test_steps_run_once_after_their_dependencies_and_are_recorded_as_they_ran(
     store: SQLStore, graph: dict[str, Any]
 ) -> None:
-    definition = definitions.compile_workflow(definitions.parse(graph))
-    compiled = definition.transitions[0].steps
-    by_id = {cs.step.id: cs.step for cs in compiled}
+    job = _job(store, graph)
+    by_id = {cs.step.id: cs.step for cs in job.steps}
     probe, undone = Probe(), []  # type: ignore[var-annotated]
-    execution_id = f"x{next(RUNS)}"  # each example its own keys
-    ensure_execution(store, execution_id, "t")
-    job = StepJob(
-        execution_id=execution_id,
-        tenant="t",
-        event_id="e",
-        steps=compiled,
-        variables={"payload": {}, "context": {}, "role": None, "event": "Go", "state": "a"},
-    )
     result = _runner(store, probe, undone).run(job)
 
     ends: dict[str, float] = {}
@@ -167,36 +175,11 @@ def test_results_not_checkpointed_are_left_to_the_commit_and_never_rerun_after_i
     (key, result, attempts) for the event's commit: before that commit the same job runs
     those steps again, as after a crash; once the commit records them, nothing that
     succeeded runs again, and the recorded result is the outcome's."""
-    definition = definitions.compile_workflow(definitions.parse(graph))
-    compiled = definition.transitions[0].steps
-    by_id = {cs.step.id: cs.step for cs in compiled}
-    execution_id = f"x{next(RUNS)}"
-    ensure_execution(store, execution_id, "t")
-    job = StepJob(
-        execution_id=execution_id,
-        tenant="t",
-        event_id="e",
-        steps=compiled,
-        variables={"payload": {}, "context": {}, "role": None, "event": "Go", "state": "a"},
-    )
+    job = _job(store, graph)
+    execution_id = job.execution_id
 
     def runner(probe: Probe, undone: list[str]) -> GraphRunner:
-        registry = ActionRegistry()
-        registry.register_simple_action(
-            "probe",
-            "Note the call.",
-            [Param(name="step", type="string"), Param(name="fail", type="boolean")],
-            probe,
-            checkpoint=False,
-        )
-        registry.register_simple_action(
-            "undo",
-            "Note the undo.",
-            [Param(name="step", type="string")],
-            lambda p, c: undone.append(p["step"]),
-            checkpoint=False,
-        )
-        return GraphRunner(store, registry, max_parallel=4, sleep=lambda _: None)
+        return _runner(store, probe, undone, checkpoint=False)
 
     first = runner(Probe(), []).run(job)
     keys = {
@@ -241,4 +224,3 @@ def test_results_not_checkpointed_are_left_to_the_commit_and_never_rerun_after_i
         for o in third.outcomes
         if o.status == "succeeded" and o.step_id in succeeded
     )
-    assert by_id  # the graph had steps
