@@ -41,7 +41,7 @@ from ledgerflow.errors import (
     first_line,
 )
 from ledgerflow.executor import GraphRunner, RunResult, StepJob, StepRunner
-from ledgerflow.json_values import holds_nul
+from ledgerflow.json_values import holds_nul, unstorable
 from ledgerflow.model import (
     JSON,
     Accepted,
@@ -1670,15 +1670,17 @@ def _require_unicode(text: str, what: str) -> None:
 
 
 def _require_json(value: Any, what: str) -> None:
-    try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"the {what} must be JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise InvalidInputError(f"the {what} is nested too deeply to be stored") from exc
-    if "\\u0000" in text and holds_nul(value):
-        raise InvalidInputError(f"the {what} holds a NUL character, which cannot be stored")
-    _require_unicode(text, what)
+    problem = unstorable(value)
+    if problem is None:
+        return
+    kind, detail = problem
+    said = {
+        "not_json": f"must be JSON: {detail}",
+        "too_deep": "is nested too deeply to be stored",
+        "nul": "holds a NUL character, which cannot be stored",
+        "not_unicode": f"holds a character that is not Unicode text ({detail})",
+    }[kind]
+    raise InvalidInputError(f"the {what} {said}")
 
 
 def _retryable(exc: sa.exc.DBAPIError) -> bool:

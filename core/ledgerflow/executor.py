@@ -24,7 +24,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import inspect
-import json
 import logging
 import threading
 import time
@@ -51,7 +50,7 @@ from ledgerflow.errors import (
     first_line,
 )
 from ledgerflow.hookspecs import RetryDecision, StepInfo
-from ledgerflow.json_values import holds_nul
+from ledgerflow.json_values import unstorable
 from ledgerflow.model import JSON, Step
 from ledgerflow.plugins import Plugins
 from ledgerflow.registry import Action, ActionContext, ActionRegistry
@@ -816,26 +815,18 @@ def _store_errors() -> Iterator[None]:
 
 def _check_storable(action: str, result: Any) -> None:
     """Raise :class:`UnstorableResultError` unless ``result`` is JSON the ledger can store on
-    any database: nothing but JSON's types, no NaN or infinity, no NUL character, only text
-    UTF-8 can hold."""
-    try:
-        text = json.dumps(result, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise UnstorableResultError(
-            f"action {action!r} returned a result that is not JSON: {exc}"
-        ) from None
-    except RecursionError:
-        raise UnstorableResultError(
-            f"action {action!r} returned a result nested too deeply to be stored"
-        ) from None
-    if "\\u0000" in text and holds_nul(result):
-        raise UnstorableResultError(f"action {action!r} returned a string holding a NUL character")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise UnstorableResultError(
-            f"action {action!r} returned text that is not Unicode ({exc.object[exc.start]!r})"
-        ) from None
+    any database (:func:`~ledgerflow.json_values.unstorable`)."""
+    problem = unstorable(result)
+    if problem is None:
+        return
+    kind, detail = problem
+    said = {
+        "not_json": f"a result that is not JSON: {detail}",
+        "too_deep": "a result nested too deeply to be stored",
+        "nul": "a string holding a NUL character",
+        "not_unicode": f"text that is not Unicode ({detail})",
+    }[kind]
+    raise UnstorableResultError(f"action {action!r} returned {said}")
 
 
 def _describe(exc: BaseException) -> str:
