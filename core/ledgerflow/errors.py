@@ -165,9 +165,10 @@ class EventNotFoundError(NotFoundError):
 
 
 class UnstorableResultError(LedgerflowError):
-    """An action registered with ``checkpoint=False`` returned a result the ledger cannot
-    store (not JSON, NaN or infinity, a NUL character, text that is not Unicode): its step
-    fails at once, never retried, and the event's commit is not put at risk."""
+    """An action returned a result the ledger cannot store on every database (not JSON, NaN
+    or infinity, a NUL character, text that is not Unicode): its step fails at once, never
+    retried, with nothing recorded under its key (a database action's writes roll back), and
+    the event is decided all the same."""
 
 
 class InvalidInputError(LedgerflowError):

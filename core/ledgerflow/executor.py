@@ -648,11 +648,11 @@ class GraphRunner:
             return self._call_in_transaction(job, step, action, validated, key, attempt, record)
         context = self._context(job, step, key, attempt, None)
         result = self._invoke(action, validated, context)
+        # a result the ledger cannot hold fails the step here, the same on every database,
+        # instead of the write that records it (the event's commit, when not checkpointed)
+        _check_storable(name, result)
         if not action.checkpoint:
-            # recorded with the event's commit, which checks the lease as it does; a result
-            # the ledger cannot hold fails the step here, as a refused record would, instead
-            # of that commit
-            _check_storable(name, result)
+            # recorded with the event's commit, which checks the lease as it does
             late.append({**record, "result": result})
             return result
         return self._record(job, key, result, record)
@@ -675,6 +675,8 @@ class GraphRunner:
                 with self.store.action_write(action.isolation.value, tenant=job.tenant) as conn:
                     context = self._context(job, step, key, attempt, conn)
                     result = self._invoke(action, validated, context)
+                    # raised inside the transaction: the action's writes roll back with it
+                    _check_storable(action.name, result)
                     self._insert_result(job, conn, result, record)
                 return result
             except sa.exc.IntegrityError:

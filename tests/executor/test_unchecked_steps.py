@@ -5,8 +5,6 @@ again and the ledger and the recorded results agree."""
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,12 +12,9 @@ import pytest
 import sqlalchemy as sa
 
 import ledgerflow
-from ledgerflow import StepFailed, StepSucceeded
-from ledgerflow.executor import GraphRunner, StepJob
+from ledgerflow import StepSucceeded
 from ledgerflow.registry import ActionContext, ActionRegistry, Isolation
-from ledgerflow.store.sql import SQLStore
 from ledgerflow.testing import Crash, Harness, LeaseExpires, SimulatedCrash
-from support.executions import ensure_execution
 from testing.kit_workflows import EXPENSE, expense
 
 WITH_A_WRITE = ledgerflow.loads(
@@ -161,96 +156,3 @@ def test_a_lease_lost_before_the_commit_records_nothing(url: str) -> None:
         assert [c.step_id for c in harness.calls] == ["log", "pay", "tell", "pay", "tell"]
         assert [c.recorded for c in harness.calls] == [True, False, False, True, True]
         harness.check(x)
-
-
-@pytest.mark.parametrize(
-    ("result", "problem"),
-    [
-        (math.nan, "not JSON"),
-        ({"at": object()}, "not JSON"),
-        ({"text": "a\x00b"}, "NUL"),
-        ({"text": "a\ud800b"}, "not Unicode"),
-    ],
-    ids=["nan", "object", "nul", "surrogate"],
-)
-def test_a_result_the_ledger_cannot_hold_fails_the_step_not_the_commit(
-    url: str, result: Any, problem: str
-) -> None:
-    actions = ActionRegistry()
-    actions.register_simple_action(
-        "note",
-        "Return something.",
-        [{"name": "amount", "type": "number"}],
-        lambda p, c: result,
-        checkpoint=False,
-    )
-    with Harness(expense(), url=url, actions=actions) as harness:
-        x = harness.start()
-        harness.send(x, "Submit", {"amount": 5}, role="employee")
-        [failed] = [r for r in harness.ledger(x) if isinstance(r, StepFailed)]
-        assert failed.step_id == "log"
-        assert problem in failed.error
-        assert "action 'note' returned" in failed.error
-        assert recorded(harness, x) == {}
-        assert harness.pending(x) == []  # the event committed, with its failure
-
-
-def test_an_unstorable_result_is_never_retried(tmp_path: Any) -> None:
-    """Running the action again would give the same result: the step fails at once, even
-    under the retry strategy."""
-    calls: list[int] = []
-
-    def bad(params: dict[str, Any], ctx: ActionContext) -> float:
-        calls.append(1)
-        return math.inf
-
-    actions = ActionRegistry()
-    actions.register_simple_action("bad", "Infinity.", [], bad, checkpoint=False)
-    store = SQLStore(f"sqlite:///{tmp_path}/ledger.db")
-    store.upgrade()
-    try:
-        ensure_execution(store, "x1", "t")
-        definition = ledgerflow.loads(
-            json.dumps(
-                {
-                    "name": "Once",
-                    "version": 1,
-                    "initial_state": "a",
-                    "states": ["a", "b"],
-                    "terminal_states": ["b"],
-                    "transitions": [
-                        {
-                            "from": "a",
-                            "to": "b",
-                            "on": "Go",
-                            "steps": [
-                                {
-                                    "id": "s",
-                                    "action": "bad",
-                                    "on_error": {
-                                        "strategy": "retry",
-                                        "attempts": 3,
-                                        "backoff": {"initial": 0, "maximum": 0},
-                                    },
-                                }
-                            ],
-                        }
-                    ],
-                }
-            ),
-            "json",
-        )
-        job = StepJob(
-            execution_id="x1",
-            tenant="t",
-            event_id="e",
-            steps=definition.transitions[0].steps,
-            variables={"payload": {}, "context": {}, "role": None, "event": "Go", "state": "a"},
-        )
-        result = GraphRunner(store, actions, sleep=lambda _: None).run(job)
-    finally:
-        store.close()
-    [outcome] = result.outcomes
-    assert (outcome.status, outcome.attempts, len(calls)) == ("failed", 1, 1)
-    assert outcome.error.startswith("UnstorableResultError: action 'bad' returned")
-    assert outcome.unrecorded is None
