@@ -455,7 +455,8 @@ def render(results: dict[str, Any], summary: Sequence[dict[str, Any]]) -> str:
         "",
         "Where ledgerflow's time goes (statements, transactions and Redis commands per workflow, "
         "and the workers' hottest functions): `python benchmarks/profile_ledgerflow.py "
-        "--broker redis --py-spy` (`--steps` for the ten-step workflow). What one statement "
+        "--broker redis --py-spy` (`--steps` for the ten-step workflow, `--steps --unchecked` "
+        "with its no-ops not checkpointed). What one statement "
         "costs the client through SQLAlchemy and through the store's direct path: "
         "`python benchmarks/statement_cost.py`.",
         "",

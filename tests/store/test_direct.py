@@ -357,3 +357,22 @@ def test_a_begin_on_a_connection_the_server_dropped_is_replaced_once(store: SQLS
         assert conn.execute(sa.text("SELECT current_setting('ledgerflow.tenant')")).scalar() == (
             TENANT
         )
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_cache_of_begin_commands_starts_over_when_full(
+    store: SQLStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The combined commands are kept per (BEGIN, tenant) up to a bound: past it the cache
+    starts over, and every tenant, kept or made again, still begins as itself."""
+    monkeypatch.setattr(direct, "_BEGUN_MAX", 3)
+    monkeypatch.setattr(direct, "_BEGUN", {})
+    tenants = [f"tenant-{n}" for n in range(7)] + ["tenant-6", "tenant-0"]
+    for tenant in tenants:
+        with store.write(tenant=tenant) as conn:
+            setting = conn.execute(sa.text("SELECT current_setting('ledgerflow.tenant')"))
+            assert setting.scalar() == tenant
+        assert 1 <= len(direct._BEGUN) <= 3
+    kept = {t for _, t in direct._BEGUN}
+    assert "tenant-0" in kept  # made again after the cache started over
+    assert kept <= set(tenants)
