@@ -165,10 +165,10 @@ class EventNotFoundError(NotFoundError):
 
 
 class UnstorableResultError(LedgerflowError):
-    """An action returned a result the ledger cannot store on every database (not JSON, NaN
-    or infinity, a NUL character, text that is not Unicode): its step fails at once, never
-    retried, with nothing recorded under its key (a database action's writes roll back), and
-    the event is decided all the same."""
+    """An action (or a plugin's compensation) returned a result the ledger cannot store on
+    every database (not JSON, NaN or infinity, a NUL character, text that is not Unicode,
+    nesting too deep): its step fails at once, never retried, with nothing recorded under its
+    key (a database action's writes roll back), and the event is decided all the same."""
 
 
 class InvalidInputError(LedgerflowError):

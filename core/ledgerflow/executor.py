@@ -555,6 +555,7 @@ class GraphRunner:
         )
         if undone is None:
             return False, None
+        _check_storable("ledgerflow_compensate", undone)
         record = {
             "key": info.key,
             "tenant": job.tenant,
@@ -614,6 +615,9 @@ class GraphRunner:
             self.breakers.admit(action.name, action.breaker)
         try:
             result = self._call_action(job, step, action, validated, key, attempt, late)
+        except UnstorableResultError:
+            self.breakers.success(action.name, action.breaker)  # the dependency did answer
+            raise
         except (*_NOT_THE_ACTIONS, *_PERMANENT):
             raise  # the engine's trouble, or one trying again cannot mend: not the dependency's
         except Exception as exc:

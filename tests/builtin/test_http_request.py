@@ -48,7 +48,8 @@ class Service(BaseHTTPRequestHandler):
             {"path": self.path, "key": self.headers.get("Idempotency-Key"), "body": body}
         )
         status = 500 if self.path == "/broken" else 201
-        payload = json.dumps({"ok": status == 201}).encode()
+        answer = {"ok": status == 201, **({"ratio": float("nan")} if self.path == "/nan" else {})}
+        payload = json.dumps(answer).encode()  # NaN written as Python writes it
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -111,3 +112,11 @@ def test_an_unreachable_service_fails_the_step(caller: Engine) -> None:
     _, _, outcomes = call(caller, "http://127.0.0.1:9/nothing-listens-here")
     assert outcomes[0].kind == "step_failed"
     assert "ConnectError" in outcomes[0].error
+
+
+def test_a_body_with_nan_is_kept_as_text(caller: Engine, service: str) -> None:
+    """NaN is not JSON (Python's parser takes it; the ledger cannot store it): such a body is
+    the step's result as text, and the step succeeds."""
+    _, _, outcomes = call(caller, f"{service}/nan")
+    assert outcomes[0].kind == "step_succeeded"
+    assert outcomes[0].result == {"status": 201, "body": '{"ok": true, "ratio": NaN}'}

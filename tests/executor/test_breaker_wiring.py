@@ -3,6 +3,7 @@ or holds the event back until a trial call may be made."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -40,6 +41,9 @@ WORKFLOW: dict[str, Any] = {
         }
     ],
 }
+
+
+STEP = {"id": "call", "action": "t.remote", "on_error": {"strategy": "continue"}}
 
 
 class Remote:
@@ -217,5 +221,44 @@ def test_a_compensation_behind_a_delaying_circuit_holds_the_event_back(db_url: s
         assert engine.event_status(event, tenant=TENANT).status == "pending"
         assert engine.get_execution(execution_id, tenant=TENANT).status.value == "active"
         assert worker.failing == [execution_id]
+    finally:
+        engine.close()
+
+
+def test_a_trial_whose_result_cannot_be_stored_still_closes_the_circuit(db_url: str) -> None:
+    """The dependency answered: the step fails (UnstorableResultError), and the circuit counts
+    the call as the success it was instead of leaving the trial unanswered."""
+    answers: list[Any] = [ConnectionError("remote is down"), math.nan]
+
+    def flaky(params: dict[str, Any], context: ActionContext) -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    registry = ActionRegistry()
+    registry.register_simple_action(
+        "t.remote", "Answers NaN.", [], flaky, breaker=BreakerPolicy(failures=1, reset_after=0.2)
+    )
+    once = {**WORKFLOW, "transitions": [{**WORKFLOW["transitions"][0], "steps": [STEP]}]}
+    engine = Engine(db_url, registry=registry)
+    try:
+        engine.register(definitions.compile_workflow(definitions.parse(once)))
+        breakers = engine.runner.breakers  # type: ignore[attr-defined]
+        execution_id = engine.create_execution("Calls", tenant=TENANT)
+        engine.enqueue_event(execution_id, "Call", tenant=TENANT)
+        Worker(engine, poll_interval=0.01).run_once()
+        assert breakers.state("t.remote").state == "open"
+        time.sleep(0.3)
+        engine.enqueue_event(execution_id, "Call", tenant=TENANT)
+        Worker(engine, poll_interval=0.01).run_once()
+        assert answers == []  # the trial was made
+        failed = [
+            h.record
+            for h in engine.history(execution_id, tenant=TENANT)
+            if isinstance(h.record, StepFailed)
+        ]
+        assert failed[-1].error.startswith("UnstorableResultError")
+        assert breakers.state("t.remote").state == "closed"
     finally:
         engine.close()

@@ -5,6 +5,7 @@ rest go on."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -19,7 +20,7 @@ from ledgerflow.engine import Engine
 from ledgerflow.errors import InvalidInputError, PluginError
 from ledgerflow.expressions import ExpressionFunction, reset_functions
 from ledgerflow.hookspecs import RetryDecision, StepInfo, hookimpl
-from ledgerflow.model import JSON, StepCompensated, StepFailed, StepSucceeded
+from ledgerflow.model import JSON, ExecutionFailed, StepCompensated, StepFailed, StepSucceeded
 from ledgerflow.plugins import Plugins
 from ledgerflow.registry import ActionContext, ActionRegistry
 from ledgerflow.store.sql import SQLStore
@@ -676,5 +677,38 @@ def test_reversals_and_resumptions_are_told(db_url: str, shop: Shop) -> None:
         engine.retry(second, tenant=TENANT, requested_by="ops")
         drain(engine)
         assert reversals.seen == [("reverted", "closed", "open"), ("resumed", "ops")]
+    finally:
+        engine.close()
+
+
+class UndoWithNaN(Undo):
+    """Compensates as Undo does, but answers with a result the ledger cannot store."""
+
+    @hookimpl
+    def ledgerflow_compensate(self, step: StepInfo, result: JSON) -> JSON | None:
+        self.undone.append((step.step_id, result))
+        return {"undid": math.nan}
+
+
+def test_a_plugins_compensation_result_the_ledger_cannot_hold_fails_the_compensation(
+    db_url: str, shop: Shop
+) -> None:
+    """The compensation failed (UnstorableResultError), as an action's refused result fails its
+    step: the event is decided, and nothing is recorded as compensated."""
+    undo = UndoWithNaN()
+    engine = engine_with(db_url, shop, undo)
+    try:
+        execution_id = opened(engine)
+        shop.failures = [ValueError("card declined")]
+        event_id = engine.enqueue_event(execution_id, "Close", tenant=TENANT)
+        drain(engine)
+        assert undo.undone == [("reserve", 1)]
+        assert engine.event_status(event_id, tenant=TENANT).status != "pending"
+        history = engine.history(execution_id, tenant=TENANT)
+        assert not [h for h in history if isinstance(h.record, StepCompensated)]
+        failed = history[-1].record
+        assert isinstance(failed, ExecutionFailed)
+        assert failed.reason.startswith("compensating step 'reserve' failed: UnstorableResultError")
+        assert engine.get_execution(execution_id, tenant=TENANT).status.value == "failed"
     finally:
         engine.close()

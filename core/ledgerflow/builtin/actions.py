@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -405,10 +406,15 @@ def _http_request(params: dict[str, Any], context: ActionContext) -> dict[str, A
     if params["raise_for_status"]:
         response.raise_for_status()
     try:
-        body: Any = response.json()
+        # NaN and Infinity, which Python's parser takes, are not JSON: such a body is text
+        body: Any = json.loads(response.content, parse_constant=_not_json)
     except ValueError:
         body = response.text
     return {"status": response.status_code, "body": body}
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def register_http_request(registry: ActionRegistry) -> None:
