@@ -15,6 +15,7 @@ import ledgerflow
 from ledgerflow import StepSucceeded
 from ledgerflow.registry import ActionContext, ActionRegistry, Isolation
 from ledgerflow.testing import Crash, Harness, LeaseExpires, SimulatedCrash
+from support.tables import ledger_with_own_table
 from testing.kit_workflows import EXPENSE, expense
 
 WITH_A_WRITE = ledgerflow.loads(
@@ -74,16 +75,9 @@ def emptied(harness: Harness) -> Harness:
 @pytest.fixture
 def url(db_url: str) -> Iterator[str]:
     """An in-memory SQLite ledger, or the PostgreSQL test database, left as it was found
-    (the table of ``book`` dropped: the ledger's schema checks see every table)."""
-    if db_url.startswith("sqlite"):
-        yield "sqlite://"
-        return
-    yield db_url
-    engine = sa.create_engine(db_url)
-    try:
-        booked.drop(engine, checkfirst=True)
-    finally:
-        engine.dispose()
+    (the table of ``book`` dropped)."""
+    with ledger_with_own_table(db_url, booked) as url:
+        yield url
 
 
 def recorded(harness: Harness, x: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from ledgerflow.registry import ActionContext, ActionRegistry, Isolation
 from ledgerflow.store.sql import SQLStore
 from ledgerflow.testing import Harness
 from support.executions import ensure_execution
+from support.tables import ledger_with_own_table
 from testing.kit_workflows import expense
 
 written = sa.Table(
@@ -43,16 +44,9 @@ RESULT_IDS = ["nan", "infinity", "object", "nul", "surrogate"]
 @pytest.fixture
 def url(db_url: str) -> Iterator[str]:
     """An in-memory SQLite ledger, or the PostgreSQL test database, left as it was found
-    (the database action's table dropped: the ledger's schema checks see every table)."""
-    if db_url.startswith("sqlite"):
-        yield "sqlite://"
-        return
-    yield db_url
-    engine = sa.create_engine(db_url)
-    try:
-        written.drop(engine, checkfirst=True)
-    finally:
-        engine.dispose()
+    (the database action's table dropped)."""
+    with ledger_with_own_table(db_url, written) as url:
+        yield url
 
 
 def _returning(result: Any, kind: str) -> tuple[ActionRegistry, Any]:
