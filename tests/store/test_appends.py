@@ -4,7 +4,10 @@ record is in the ledger and every event_received has its one wake-up."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -18,6 +21,7 @@ from ledgerflow.model import (
     TransitionApplied,
 )
 from ledgerflow.store import ALL_TENANTS
+from ledgerflow.store.sql import NOTIFY_CHANNEL
 from support.executions import ensure_execution
 
 TENANT = "acme"
@@ -103,3 +107,62 @@ def test_a_workers_records_without_wakeups_and_a_taken_seq(engine: Engine, count
     with pytest.raises(sa.exc.IntegrityError), engine.store.write(tenant=TENANT) as conn:
         engine.store.insert_records(conn, x, TENANT, clashing)
     assert ledger(engine, x) == (found, [])
+
+
+def _notifications(listener: psycopg.Connection[Any]) -> list[str]:
+    """The payloads of the wake-up notifications ``listener`` has received so far."""
+    listener.execute("SELECT 1")  # reads what the server sent meanwhile
+    return [n.payload for n in listener.notifies(timeout=0.2) if n.channel == NOTIFY_CHANNEL]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("count", [1, 3, 17])
+def test_appended_events_notify_the_database_transport_once_at_commit(
+    engine: Engine, count: int
+) -> None:
+    """Events appended for the database transport (not published by a broker) send one
+    NOTIFY of the execution's id, when their transaction commits: inside the appending
+    statement when it is one, after it otherwise; none for a rolled-back append, none for
+    records that are not events, none for a broker's events."""
+    x = f"x-notify-{count}"
+    ensure_execution(engine.store, x, TENANT, "InvoiceApproval")
+    url = engine.store.engine.url.set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+        def events(first: int) -> list[Record]:
+            return [
+                EventReceived(seq=first + n, name="CreateInvoice", payload={"n": n}, role="clerk")
+                for n in range(count)
+            ]
+
+        def append_then_fail() -> None:
+            with engine.store.write(tenant=TENANT) as conn:
+                engine.store.insert_records(conn, x, TENANT, events(2))
+                raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError):
+            append_then_fail()
+        assert _notifications(listener) == []
+        with engine.store.write(tenant=TENANT) as conn:
+            engine.store.insert_records(conn, x, TENANT, events(2))
+            assert _notifications(listener) == []  # not before the commit
+        assert _notifications(listener) == [x]
+        with engine.store.write(tenant=TENANT) as conn:
+            engine.store.insert_records(conn, x, TENANT, events(2 + count), published=True)
+            engine.store.insert_records(
+                conn,
+                x,
+                TENANT,
+                [
+                    TransitionApplied(
+                        seq=2 + 2 * count,
+                        event_seq=2,
+                        transition="t",
+                        source="draft",
+                        target="draft",
+                        context={},
+                    )
+                ],
+            )
+        assert _notifications(listener) == []

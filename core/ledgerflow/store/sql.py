@@ -271,14 +271,17 @@ def _appending(
     execution: tuple[str, ...],
     wakeups: bool,
     only_if_latest: bool = False,
+    notify: bool = False,
 ) -> sa.TextClause:
     """One PostgreSQL statement that inserts an execution row (its ``execution`` columns,
     if any; parameters ``x_<column>``), ``count`` ledger rows (their ``columns``;
     parameters ``r<n>_<column>``) and, if ``wakeups``, an outbox row for each appended
     ``event_received`` record (``wakeup_created_at``, ``wakeup_relayed_at``):
     data-modifying CTEs, one round trip. ``only_if_latest`` (with an execution): nothing is
-    written unless ``x_version`` is the highest version registered for ``x_workflow``. The
-    statement's one value is how many executions it created (0 or 1) when it creates one,
+    written unless ``x_version`` is the highest version registered for ``x_workflow``.
+    ``notify`` (with ``wakeups``): the same ``NOTIFY`` as :data:`_NOTIFY` (the execution's
+    id on :data:`NOTIFY_CHANNEL`) is queued, sent at commit, if an event was appended. The
+    statement's first value is how many executions it created (0 or 1) when it creates one,
     else how many ledger rows. Built once per shape, as text, so SQLAlchemy's statement
     cache keeps it (it cannot cache such CTEs built from table objects)."""
     typed = [*_typed_params(events, columns, [f"r{n}_" for n in range(count)])]
@@ -326,6 +329,13 @@ def _appending(
             "WHERE kind = 'event_received')"
         )
     main = f"SELECT count(*) FROM {'created' if execution else 'appended'}"
+    if wakeups and notify:
+        # a CTE that only reads runs when it is read: the second value reads it
+        parts.append(
+            f"notified AS (SELECT pg_notify('{NOTIFY_CHANNEL}', execution_id) FROM appended "
+            "WHERE kind = 'event_received' LIMIT 1)"
+        )
+        main = f"SELECT ({main}) AS written, (SELECT count(*) FROM notified) AS notified"
     return sa.text(f"WITH {', '.join(parts)} {main}").bindparams(*typed)
 
 
@@ -1453,6 +1463,9 @@ class SQLStore:
                 )
         # on PostgreSQL one statement, whatever is appended: a worker's commit of an event's
         # records too (psycopg's executemany pipelines the rows, at several times the CPU)
+        # the database transport's idle workers LISTEN; a broker's are woken by the broker
+        # (and a NOTIFY would queue every notifying commit behind one lock)
+        notify = bool(wakeups) and self.dialect == "postgresql" and not published
         if self._appends_in_one_statement(len(rows)):
             columns = tuple(rows[0])
             params = {f"r{n}_{c}": row[c] for n, row in enumerate(rows) for c in columns}
@@ -1462,11 +1475,12 @@ class SQLStore:
                 params["wakeup_created_at"] = now
                 params["wakeup_relayed_at"] = now if published else None
             statement = _appending(
-                columns, len(rows), tuple(execution or ()), bool(wakeups), only_if_latest
+                columns, len(rows), tuple(execution or ()), bool(wakeups), only_if_latest, notify
             )
             written = direct.run(conn, statement, params).scalar()
             if only_if_latest and not written:
                 return None
+            notify = False  # sent by the statement, with what it appended
         else:
             assert not only_if_latest, "checked before, outside the statement"
             if execution is not None:
@@ -1475,9 +1489,7 @@ class SQLStore:
                 direct.run(conn, _INSERT_EVENTS, rows)
             if wakeups:
                 direct.run(conn, _INSERT_WAKEUPS, wakeups)
-        if wakeups and self.dialect == "postgresql" and not published:
-            # the database transport's idle workers LISTEN; a broker's are woken by the
-            # broker (and a NOTIFY would queue every notifying commit behind one lock)
+        if notify:
             direct.run(conn, _NOTIFY, {"execution_id": execution_id})
         return [row["event_id"] for row in rows]
 
