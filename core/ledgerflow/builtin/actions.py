@@ -20,7 +20,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import sqlalchemy as sa
 
@@ -413,7 +413,7 @@ def _http_request(params: dict[str, Any], context: ActionContext) -> dict[str, A
     return {"status": response.status_code, "body": body}
 
 
-def _not_json(constant: str) -> Any:
+def _not_json(constant: str) -> NoReturn:
     raise ValueError(f"{constant} is not JSON")
 
 

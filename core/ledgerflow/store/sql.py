@@ -1461,11 +1461,12 @@ class SQLStore:
                         "relayed_at": now if published else None,
                     }
                 )
-        # on PostgreSQL one statement, whatever is appended: a worker's commit of an event's
-        # records too (psycopg's executemany pipelines the rows, at several times the CPU)
         # the database transport's idle workers LISTEN; a broker's are woken by the broker
         # (and a NOTIFY would queue every notifying commit behind one lock)
         notify = bool(wakeups) and self.dialect == "postgresql" and not published
+        # on PostgreSQL one statement, whatever is appended, its NOTIFY included: a worker's
+        # commit of an event's records too (psycopg's executemany pipelines the rows, at
+        # several times the CPU)
         if self._appends_in_one_statement(len(rows)):
             columns = tuple(rows[0])
             params = {f"r{n}_{c}": row[c] for n, row in enumerate(rows) for c in columns}
@@ -1480,7 +1481,6 @@ class SQLStore:
             written = direct.run(conn, statement, params).scalar()
             if only_if_latest and not written:
                 return None
-            notify = False  # sent by the statement, with what it appended
         else:
             assert not only_if_latest, "checked before, outside the statement"
             if execution is not None:
@@ -1489,8 +1489,8 @@ class SQLStore:
                 direct.run(conn, _INSERT_EVENTS, rows)
             if wakeups:
                 direct.run(conn, _INSERT_WAKEUPS, wakeups)
-        if notify:
-            direct.run(conn, _NOTIFY, {"execution_id": execution_id})
+            if notify:
+                direct.run(conn, _NOTIFY, {"execution_id": execution_id})
         return [row["event_id"] for row in rows]
 
     def _appends_in_one_statement(self, count: int) -> bool:
